@@ -1,0 +1,1 @@
+"""Research code; see research/pmg."""

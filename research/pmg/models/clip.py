@@ -1,0 +1,59 @@
+"""The CLIP scorer of PMG (mindone.transformers CLIPModel), from a local Hugging Face folder or random init.
+
+CLIP embeds generated images and keyword texts so that personalization (d_p) and accuracy (d_t) can be
+compared on one scale; see section 1.3 of the paper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mindspore import nn
+
+from research.pmg.config import ClipConfig, ConfigError
+from research.pmg.models.diffusion import check_arch
+from research.pmg.models.llama import freeze
+from research.pmg.runtime import Runtime
+
+
+@dataclass
+class ClipParts:
+    """A frozen CLIP model and its tokenizer.
+
+    ``model.get_text_features(ids (b, n))`` and ``model.get_image_features(pixels (b, 3, s, s))`` both
+    return ``(b, projection_dim)``.
+    """
+
+    model: nn.Cell
+    tokenizer: Any
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+
+def build_clip(cfg: ClipConfig, runtime: Runtime, *, source: str = "config",
+               tokenizer_dir: str | Path | None = None) -> ClipParts:
+    """Build CLIP from ``cfg.path`` (a local ``CLIPModel`` folder) or random init from its sub-configs."""
+    from mindone.transformers import CLIPModel
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    from research.pmg.models.tokenizers import load_clip_tokenizer
+
+    if cfg.path:
+        root = Path(cfg.path)
+        if not (root / "config.json").is_file():
+            raise ConfigError(f"{source}: models.clip.path: {root} has no config.json (expected a Hugging Face "
+                              "CLIPModel folder; see ckpt_convert clip)")
+        model = CLIPModel.from_pretrained(str(root), local_files_only=True, mindspore_dtype=runtime.compute_dtype)
+        tokenizer = load_clip_tokenizer(root, model.config.text_config.max_position_embeddings)
+    else:
+        check_arch(CLIPTextConfig, cfg.text_config, f"{source}: models.clip.text_config")
+        check_arch(CLIPVisionConfig, cfg.vision_config, f"{source}: models.clip.vision_config")
+        if tokenizer_dir is None:
+            raise ValueError("a random-init CLIP needs a tokenizer_dir (see models.tokenizers)")
+        model = CLIPModel(CLIPConfig(text_config=cfg.text_config, vision_config=cfg.vision_config,
+                                     projection_dim=cfg.projection_dim))
+        tokenizer = load_clip_tokenizer(tokenizer_dir, model.config.text_config.max_position_embeddings)
+    return ClipParts(model=freeze(model), tokenizer=tokenizer)

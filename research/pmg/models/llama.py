@@ -1,0 +1,79 @@
+"""The LLM of PMG: MindFormers Llama 2, and the P-Tuning v2 prefix encoder of the bias-correction LLM."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn
+
+from research.pmg.config import LlamaConfig, SoftPreferenceConfig
+from research.pmg.models.weights import load_checkpoint_into
+from research.pmg.runtime import Runtime
+
+_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def llama_config(cfg: LlamaConfig, runtime: Runtime, *, batch_size: int = 1, use_past: bool = False):
+    """The MindFormers ``LlamaConfig`` for ``cfg`` on this runtime.
+
+    On CPU the Ascend-only kernels (flash attention, fused RMSNorm) are off, RoPE uses the slice path
+    (the default path hits a BatchMatMul broadcast error on CPU) and everything is fp32. On Ascend the
+    frozen weights and compute use ``runtime.precision``; norms, softmax and RoPE stay fp32.
+    """
+    from mindformers import LlamaConfig as MFLlamaConfig
+
+    on_ascend = runtime.device == "Ascend"
+    dtype = _DTYPE_NAMES[runtime.precision]
+    return MFLlamaConfig(
+        batch_size=batch_size, seq_length=cfg.seq_length, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads, n_kv_heads=cfg.n_kv_heads or None, intermediate_size=cfg.intermediate_size,
+        vocab_size=cfg.vocab_size, multiple_of=cfg.multiple_of, rms_norm_eps=cfg.rms_norm_eps, theta=cfg.rope_theta,
+        pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        compute_dtype=dtype, param_init_type=dtype, layernorm_compute_type="float32",
+        softmax_compute_type="float32", rotary_dtype="float32",
+        use_flash_attention=on_ascend, fused_rms_norm=on_ascend, use_rope_slice=not on_ascend,
+        use_past=use_past, checkpoint_name_or_path="",  # a model *name* here would download: weights load below
+    )
+
+
+def build_llama(cfg: LlamaConfig, runtime: Runtime, *, batch_size: int = 1, use_past: bool = False) -> nn.Cell:
+    """A frozen MindFormers ``LlamaForCausalLM``; weights from ``cfg.checkpoint`` or random (tiny models only).
+
+    Inputs are ``(batch, seq_length)`` int32 ids, padded with ``pad_token_id`` (masked as keys).
+    """
+    from mindformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(cfg, runtime, batch_size=batch_size, use_past=use_past))
+    if cfg.checkpoint:
+        load_checkpoint_into(model, cfg.checkpoint, what="models.llm")
+    freeze(model)
+    return model
+
+
+def build_prefix_encoder(llm: LlamaConfig, soft: SoftPreferenceConfig, parallel_config=None) -> nn.Cell:
+    """The trainable P-Tuning v2 prefix: ``prefix_len`` key/value vectors for every layer.
+
+    Calling it as ``encoder(batch, dtype)`` returns ``num_layers`` tensors of shape
+    ``(2, batch, prefix_len, n_kv_heads * head_dim)``, the ``prefix_keys_values`` argument of
+    ``LlamaModel``. Built with the key/value head count (MindFormers' own helper uses the query head
+    count, which is wrong for grouped-query attention). Parameters are fp32 master weights on every
+    device; the output is cast to the compute dtype by the caller's ``dtype``.
+    """
+    from mindformers.modules.transformer.transformer import default_transformer_config
+    from mindformers.pet.tuners.ptuning2_adapter import Ptuning2Encoder
+
+    encoder = Ptuning2Encoder(
+        pre_seq_len=soft.prefix_len, num_layers=llm.num_layers, num_heads=llm.n_kv_heads or llm.num_heads,
+        kv_channels=llm.hidden_size // llm.num_heads, prefix_projection=soft.prefix_projection,
+        projection_dim=soft.projection_dim, dropout_prob=soft.dropout,
+        parallel_config=parallel_config or default_transformer_config,
+    )
+    for param in encoder.get_parameters():
+        if param.dtype in (ms.float16, ms.bfloat16):  # MindFormers creates them fp16
+            param.set_dtype(ms.float32)
+    return encoder
+
+
+def freeze(cell: nn.Cell) -> nn.Cell:
+    """Mark every parameter of ``cell`` as not trainable (PMG trains only the soft-preference parts)."""
+    for param in cell.get_parameters():
+        param.requires_grad = False
+    return cell

@@ -1,0 +1,120 @@
+"""The one place that configures MindSpore: device, execution mode, precision, seeds, offline mode, logs.
+
+No other module calls ``set_context``/``set_device``. Call :func:`setup_runtime` at the start of every
+entry point, before MindFormers or MindONE are imported: MindFormers fixes its log folder at import time
+(``./output/log`` of whatever the working directory is, unless ``LOCAL_DEFAULT_PATH``/``LOG_MF_PATH``
+say otherwise), and the CPU compatibility layer must be installed before models are built.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from research.pmg.config import RuntimeConfig
+
+# No stage may reach a model hub: weights come from local folders converted by ckpt_convert.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What :func:`setup_runtime` decided, for the stages to read (never to change)."""
+
+    device: str  # "CPU" or "Ascend"
+    mode: str  # "graph" or "pynative"
+    precision: str  # "fp32", "fp16" or "bf16": the compute dtype of frozen models
+    output_dir: Path
+    log_dir: Path
+    cache_dir: Path
+
+    @property
+    def compute_dtype(self):
+        """The MindSpore dtype matching ``precision``."""
+        import mindspore as ms
+
+        return {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[self.precision]
+
+
+def detect_device() -> str:
+    """Ascend when this MindSpore build has the Ascend backend and a device is visible, else CPU."""
+    import mindspore as ms
+
+    try:
+        if ms.hal.is_available("Ascend") and ms.hal.device_count("Ascend") > 0:
+            return "Ascend"
+    except (RuntimeError, ValueError):
+        pass
+    return "CPU"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` means bf16 on Ascend (910B has fast bf16) and fp32 on CPU (no fast half kernels there)."""
+    if precision != "auto":
+        if device == "CPU" and precision != "fp32":
+            raise ValueError(f"runtime.precision={precision} is not supported on CPU; use fp32 or auto")
+        return precision
+    return "bf16" if device == "Ascend" else "fp32"
+
+
+def prepare_environment(cfg: RuntimeConfig) -> tuple[Path, Path, Path]:
+    """Set offline and log-folder environment variables and create the output folders.
+
+    Safe to call before MindSpore is imported; returns (output_dir, log_dir, cache_dir).
+    """
+    output_dir = Path(cfg.output_dir).resolve()
+    log_dir = Path(cfg.log_dir).resolve() if cfg.log_dir else output_dir / "log"
+    cache_dir = Path(cfg.cache_dir).resolve() if cfg.cache_dir else output_dir / "cache"
+    for folder in (output_dir, log_dir, cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ.update(OFFLINE_ENV)
+    # MindFormers writes <LOCAL_DEFAULT_PATH>/log and LOG_MF_PATH; MindSpore's glog writes GLOG_log_dir.
+    os.environ["LOCAL_DEFAULT_PATH"] = str(output_dir)
+    os.environ["LOG_MF_PATH"] = str(log_dir / "mindformers")
+    os.environ.setdefault("GLOG_log_dir", str(log_dir / "mindspore"))
+    # Graph-compile diagnostics (analyze_fail.ir under rank_*/) would otherwise land in the working directory.
+    os.environ.setdefault("MS_DEV_SAVE_GRAPHS_PATH", str(log_dir / "graphs"))
+    return output_dir, log_dir, cache_dir
+
+
+def setup_runtime(cfg: RuntimeConfig) -> Runtime:
+    """Apply ``cfg`` to MindSpore and return the resolved runtime. Call once per process."""
+    output_dir, log_dir, cache_dir = prepare_environment(cfg)
+
+    import mindspore as ms
+
+    device = detect_device() if cfg.device == "auto" else cfg.device
+    precision = resolve_precision(cfg.precision, device)
+    ms.set_device(device, cfg.device_id)
+    set_execution_mode(cfg.mode)
+    if device == "CPU":
+        ms.set_context(runtime_num_threads=cfg.num_threads or os.cpu_count() or 1)
+    seed_everything(cfg.seed)
+    if device == "CPU":
+        from research.pmg.compat import install_cpu_compat
+
+        install_cpu_compat()
+    return Runtime(device=device, mode=cfg.mode, precision=precision, output_dir=output_dir,
+                   log_dir=log_dir, cache_dir=cache_dir)
+
+
+def set_execution_mode(mode: str) -> None:
+    """Switch between graph (compiled, the default) and PyNative (eager, for debugging) execution."""
+    import mindspore as ms
+
+    if mode not in ("graph", "pynative"):
+        raise ValueError(f"runtime.mode must be 'graph' or 'pynative', got {mode!r}")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and MindSpore so a run is reproducible from its config."""
+    import mindspore as ms
+
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
