@@ -170,15 +170,29 @@ class ModelsConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation of the soft-preference parameters (the only trainable ones)."""
+    """Optimisation of the soft-preference parameters (prefix, multimodal tokens, map: the only trainable ones)."""
 
-    batch_size: int = 4
+    batch_size: int = 4  # per worker
     lr: float = 5e-6
     weight_decay: float = 0.01
-    max_steps: int = 1000
-    warmup_steps: int = 100
+    max_steps: int = 1000  # optimizer steps
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
     grad_accum_steps: int = 1
     grad_clip: float = 1.0  # max global norm; 0 disables clipping
+    loss_scale: Literal["none", "static", "dynamic"] = "none"  # fp16 on Ascend needs dynamic; bf16/fp32 none
+    initial_loss_scale: float = 65536.0
+    # Conditioning of the UNet during training: which keyword groups go with the soft embedding, and weights.
+    conditioning: Literal["full", "soft_only"] = "full"  # full: target + preference keywords + soft; soft_only: target + soft
+    target_weight: float = 1.0  # w_t
+    preference_weight: float = 1.0  # w_p
+    soft_weight: float = 1.0  # w_s
+    keywords: str = ""  # keywords JSONL from the keywords stage; "" = <output_dir>/keywords/keywords.jsonl
+    eval_every: int = 100  # steps between held-out losses; 0 = only at the end
+    eval_batches: int = 4
+    save_every: int = 100  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 3  # checkpoints kept
+    log_every: int = 10
 
     def validate(self, where: str) -> None:
         _check(self.batch_size > 0, where, "batch_size", "must be > 0")
@@ -186,8 +200,13 @@ class TrainConfig:
         _check(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
         _check(self.max_steps > 0, where, "max_steps", "must be > 0")
         _check(0 <= self.warmup_steps <= self.max_steps, where, "warmup_steps", "must be in [0, max_steps]")
+        _check(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
         _check(self.grad_accum_steps > 0, where, "grad_accum_steps", "must be > 0")
         _check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
+        _check(self.initial_loss_scale > 0, where, "initial_loss_scale", "must be > 0")
+        for name in ("eval_every", "save_every", "eval_batches", "log_every"):
+            _check(getattr(self, name) >= 0, where, name, "must be >= 0")
+        _check(self.keep_last > 0, where, "keep_last", "must be > 0")
 
 
 @dataclass

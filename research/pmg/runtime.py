@@ -31,6 +31,8 @@ class Runtime:
     output_dir: Path
     log_dir: Path
     cache_dir: Path
+    rank: int = 0  # this worker's index under msrun; 0 alone
+    world_size: int = 1  # number of data-parallel workers
 
     @property
     def compute_dtype(self):
@@ -98,8 +100,24 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         from research.pmg.compat import install_cpu_compat
 
         install_cpu_compat()
+    rank, world_size = init_data_parallel() if launched_by_msrun() else (0, 1)
     return Runtime(device=device, mode=cfg.mode, precision=precision, output_dir=output_dir,
-                   log_dir=log_dir, cache_dir=cache_dir)
+                   log_dir=log_dir, cache_dir=cache_dir, rank=rank, world_size=world_size)
+
+
+def launched_by_msrun() -> bool:
+    """msrun starts each worker with MS_ROLE=MS_WORKER (and a scheduler process with MS_SCHED)."""
+    return os.environ.get("MS_ROLE") == "MS_WORKER"
+
+
+def init_data_parallel() -> tuple[int, int]:
+    """Join the msrun job and make gradient reduction data parallel (mean over workers); (rank, world)."""
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
 
 
 def set_execution_mode(mode: str) -> None:

@@ -1,0 +1,1 @@
+"""Training the soft preference (bias-correction LLM) through frozen Stable Diffusion: ``python -m research.pmg.train``."""

@@ -1,0 +1,53 @@
+"""``python -m research.pmg.train --config CONFIG [--set k=v] [--resume]``: train the soft preference.
+
+Reads the prepared dataset (``data.out`` or ``<output_dir>/data``) and the keywords file (``train.keywords``
+or ``<output_dir>/keywords/keywords.jsonl``); writes ``<output_dir>/train/`` (config.yaml, train_log.jsonl,
+checkpoints/step-*/ with soft_preference.ckpt for generation). Under ``msrun`` each worker trains on its
+slice of every global batch and gradients are averaged (data parallel).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from research.pmg.cli import add_config_args, config_from_args, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m research.pmg.train", description=__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+
+    from research.pmg.runtime import setup_runtime
+
+    runtime = setup_runtime(cfg.runtime)
+    from research.pmg.data.records import load_prepared
+    from research.pmg.keywords.records import load_keywords
+    from research.pmg.train.build import build_trainer
+    from research.pmg.train.loop import NonFiniteLoss, save_run_config
+
+    out = runtime.output_dir / "train"
+    prepared = load_prepared(Path(cfg.data.out) if cfg.data.out else runtime.output_dir / "data")
+    keywords = load_keywords(Path(cfg.train.keywords) if cfg.train.keywords else runtime.output_dir / "keywords")
+    if runtime.rank == 0:
+        save_run_config(cfg, out)
+    trainer = build_trainer(cfg, runtime, prepared, keywords, rank=runtime.rank, world=runtime.world_size)
+    try:
+        result = trainer.run(out, resume=args.resume, progress=not args.no_progress)
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if runtime.rank == 0:
+        last = result.eval_losses.get(result.steps_done)
+        print(f"trained {result.steps_done} steps; last loss {result.losses[-1] if result.losses else float('nan'):.4f}"
+              + (f", held-out loss {last:.4f}" if last is not None else "")
+              + f"\ncheckpoint: {result.last_checkpoint}\nlog: {out / 'train_log.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

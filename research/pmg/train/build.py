@@ -1,0 +1,86 @@
+"""Wire a :class:`Trainer` from config: frozen models, soft-preference encoder, cached inputs, jitted step."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import mindspore as ms
+
+from research.pmg.config import PMGConfig
+from research.pmg.data.records import PreparedData
+from research.pmg.errors import PMGError
+from research.pmg.runtime import Runtime
+from research.pmg.train import dataset as ds
+from research.pmg.train.loop import Trainer
+
+# sample id -> record with ``preference_keywords`` and ``target_keywords`` (research.pmg.keywords.load_keywords)
+Keywords = Mapping[str, Any]
+
+
+def examples_from(prepared: PreparedData, keywords: Keywords) -> list[ds.Example]:
+    """One :class:`Example` per sample that has keywords, in the prepared order."""
+    out = []
+    for sample in prepared.samples:
+        if sample.id not in keywords:
+            continue
+        record = keywords[sample.id]
+        preference, target = record.preference_keywords, record.target_keywords
+        titles = [prepared.items[item_id].title for item_id in sample.history]
+        out.append(ds.Example(sample_id=sample.id, split=sample.split, history_prompt=ds.render_history_prompt(titles),
+                              target_text=", ".join(target), preference_text=", ".join(preference),
+                              target_image=prepared.image_path(sample.target)))
+    return out
+
+
+def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keywords: Keywords, *,
+                  rank: int = 0, world: int = 1) -> Trainer:
+    """Build everything a training run needs; the expensive frozen encodings come from the cache."""
+    from research.pmg.models import build_diffusion_parts, build_llm, resolve_tokenizers
+    from research.pmg.models.conditioning import encode_texts
+    from research.pmg.models.soft_preference import SoftPreferenceEncoder
+    from research.pmg.models.tokenizers import load_llama_tokenizer
+    from research.pmg.train.step import PMGDiffusionLoss, build_train_step, learning_rates
+
+    from research.pmg.runtime import seed_everything
+
+    llm_cfg, soft_cfg = cfg.models.llm, cfg.models.soft_preference
+    seed_everything(cfg.runtime.seed)  # random-init (tiny) models and the trainable init are the same every build
+    tokenizers = resolve_tokenizers(cfg, runtime)
+    sd = build_diffusion_parts(cfg, runtime, tokenizers)
+    llama = build_llm(cfg, runtime, batch_size=cfg.train.batch_size)
+    encoder = SoftPreferenceEncoder(llama, llm_cfg, soft_cfg, sd.cross_attention_dim, runtime.compute_dtype)
+
+    llm_tokenizer = load_llama_tokenizer(tokenizers.llm)
+    prompt_len = llm_cfg.seq_length - soft_cfg.num_mm_tokens
+    vae_factor = 2 ** (len(sd.vae.config.block_out_channels) - 1)
+    image_size = int(sd.unet.config.sample_size) * vae_factor
+
+    def encode_images(paths: list[Path]) -> np.ndarray:
+        out = []
+        for start in range(0, len(paths), 8):
+            pixels = np.stack([ds.load_image(p, image_size) for p in paths[start:start + 8]])
+            moments = sd.vae.encode(ms.Tensor(pixels).astype(sd.vae.dtype))[0]
+            out.append(moments.astype(ms.float32).asnumpy())
+        return np.concatenate(out)
+
+    fingerprint = {"llm": llm_cfg.__dict__, "soft": soft_cfg.__dict__, "diffusion": cfg.models.diffusion.path or
+                   {"unet": cfg.models.diffusion.unet, "vae": cfg.models.diffusion.vae,
+                    "text_encoder": cfg.models.diffusion.text_encoder, "seed": cfg.runtime.seed},
+                   "tokenizer": str(tokenizers.llm), "image_size": image_size}
+    arrays = ds.build_arrays(
+        examples_from(prepared, keywords), runtime.cache_dir, fingerprint,
+        tokenize=lambda prompts: ds.tokenize_prompts(llm_tokenizer, prompts, prompt_len, llm_cfg.pad_token_id),
+        encode_images=encode_images,
+        encode_texts=lambda texts: encode_texts(sd.text_encoder, sd.tokenizer, texts,
+                                                cfg.models.diffusion.tokenizer_max_length))
+    scheduler = sd.scheduler
+    alphas = scheduler.alphas_cumprod.asnumpy() if hasattr(scheduler.alphas_cumprod, "asnumpy") \
+        else np.asarray(scheduler.alphas_cumprod)
+    loss_net = PMGDiffusionLoss(encoder, sd.unet, alphas, scheduler.config.prediction_type, cfg.train)
+    step_cell, _ = build_train_step(loss_net, cfg.train)
+    return Trainer(cfg=cfg, runtime=runtime, arrays=arrays, encoder=encoder, loss_net=loss_net, step_cell=step_cell,
+                   scheduler_steps=int(scheduler.config.num_train_timesteps),
+                   vae_scaling=float(sd.vae.config.scaling_factor), learning_rates=learning_rates(cfg.train),
+                   rank=rank, world=world)
+
