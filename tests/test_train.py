@@ -131,3 +131,53 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, runt
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 3; stopped\. Last good checkpoint: .*step-000002"):
         trainer.run(tmp_path / "nan", resume=True, progress=False)
     assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()) == ["step-000002"]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_worker_msrun_equals_one_worker_on_the_same_global_batch(tmp_path, prepared):
+    """Data parallel over msrun with 2 CPU workers: replicas agree, and match 1 worker with the whole batch."""
+    import json
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    keywords = tmp_path / "keywords.jsonl"
+    with open(keywords, "w") as handle:
+        for sample_id, record in metadata_keywords(prepared).items():
+            sample = next(s for s in prepared.samples if s.id == sample_id)
+            handle.write(json.dumps({"id": sample_id, "user_id": sample.user_id, "target": sample.target,
+                                     "status": "ok", "preference_keywords": record.preference_keywords or ["x"],
+                                     "target_keywords": record.target_keywords or ["x"]}) + "\n")
+    repo = Path(__file__).resolve().parent.parent
+    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--no-progress", "--set", f"data.out={prepared.root}",
+              "--set", f"train.keywords={keywords}", "--set", "train.max_steps=3", "--set", "train.warmup_steps=1",
+              "--set", "train.lr=1e-2", "--set", "train.save_every=0", "--set", "train.eval_every=0"]
+    env = dict(os.environ, PYTHONPATH=str(repo), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    single = subprocess.run([sys.executable, "-m", "research.pmg.train", *common, "--set",
+                             f"runtime.output_dir={tmp_path / 'single'}", "--set", "train.batch_size=2"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    logs = tmp_path / "msrun"
+    multi = subprocess.run([shutil.which("msrun", path=env["PATH"]), "--worker_num=2", "--local_worker_num=2",
+                            f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True",
+                            str(repo / "research" / "pmg" / "train" / "__main__.py"), *common, "--set",
+                            f"runtime.output_dir={tmp_path / 'multi'}", "--set", "train.batch_size=1"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    worker_logs = "".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker_*.log")))
+    assert multi.returncode == 0, worker_logs[-3000:]
+    checksums = re.findall(r"rank (\d): trainable checksum (\w+)", worker_logs)
+    assert sorted(r for r, _ in checksums) == ["0", "1"] and len({c for _, c in checksums}) == 1
+    one, two = (_soft(tmp_path / run / "train" / "checkpoints" / "step-000003") for run in ("single", "multi"))
+    for name in one:
+        np.testing.assert_allclose(one[name], two[name], atol=1e-5)
+    assert max(float(np.abs(one[n]).max()) for n in one) > 0

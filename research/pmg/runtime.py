@@ -106,8 +106,12 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
 
 
 def launched_by_msrun() -> bool:
-    """msrun starts each worker with MS_ROLE=MS_WORKER (and a scheduler process with MS_SCHED)."""
-    return os.environ.get("MS_ROLE") == "MS_WORKER"
+    """msrun runs the script in each worker (MS_ROLE=MS_WORKER) and in a scheduler process (MS_SCHED).
+
+    Both must call ``init()``: in the scheduler it serves the cluster's meta server and ends the process
+    when the job is done, so the scheduler never runs the stage itself.
+    """
+    return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED")
 
 
 def init_data_parallel() -> tuple[int, int]:

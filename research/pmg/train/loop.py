@@ -1,6 +1,7 @@
 """The training loop: batches -> jitted step -> logs, held-out loss, checkpoints, resume."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -128,7 +129,19 @@ class Trainer:
             bar.close()
         if log is not None:
             log.close()
+        if self.world > 1:  # data-parallel replicas must agree; each worker's log shows its own checksum
+            print(f"rank {self.rank}: trainable checksum {trainable_checksum(self.encoder)}", flush=True)
         return result
+
+
+def trainable_checksum(encoder) -> str:
+    """SHA-256 over the trainable parameters' names and bytes (equal on all data-parallel replicas)."""
+    digest = hashlib.sha256()
+    for name, param in encoder.parameters_and_names():
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _open_log(path: Path, keep_until: int):
