@@ -18,6 +18,7 @@ import yaml
 
 from research.pmg.data.config import DataConfig
 from research.pmg.errors import PMGError
+from research.pmg.keywords.config import KeywordsConfig
 
 
 class ConfigError(PMGError, ValueError):
@@ -217,6 +218,7 @@ class PMGConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    keywords: KeywordsConfig = field(default_factory=KeywordsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -225,6 +227,8 @@ class PMGConfig:
         where = f"{self.source}: "
         llm, soft = self.models.llm, self.models.soft_preference
         _check(soft.num_mm_tokens < llm.seq_length, where, "models.soft_preference.num_mm_tokens",
+               f"must be smaller than models.llm.seq_length ({llm.seq_length})")
+        _check(self.keywords.max_new_tokens < llm.seq_length, where, "keywords.max_new_tokens",
                f"must be smaller than models.llm.seq_length ({llm.seq_length})")
 
     def to_dict(self) -> dict[str, Any]:

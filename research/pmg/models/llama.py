@@ -41,9 +41,18 @@ def build_llama(cfg: LlamaConfig, runtime: Runtime, *, batch_size: int = 1, use_
     """
     from mindformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(llama_config(cfg, runtime, batch_size=batch_size, use_past=use_past))
+    config = llama_config(cfg, runtime, batch_size=batch_size, use_past=use_past)
+    if runtime.device == "CPU":
+        # MindFormers switches lazy_inline on whenever the parallel mode is not stand-alone (msrun workers),
+        # and the CPU backend cannot compile the result ("Input[0] must be a Primitive ValueNode"). It reads
+        # the switch only from a `config=` keyword argument.
+        config.disable_lazy_inline = True
+    model = LlamaForCausalLM(config=config)
     if cfg.checkpoint:
-        load_checkpoint_into(model, cfg.checkpoint, what="models.llm")
+        # With use_past the model also has KV-cache parameters, which no checkpoint holds.
+        caches = tuple(f"model.layers.{i}.attention.infer_attention.paged_attention_mgr."
+                       for i in range(cfg.num_layers)) if use_past else ()
+        load_checkpoint_into(model, cfg.checkpoint, what="models.llm", allow_missing=caches)
     freeze(model)
     return model
 

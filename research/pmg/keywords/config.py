@@ -1,0 +1,69 @@
+"""Settings of the keyword-extraction stage: prompts, generation, keyword caps, cache and output paths.
+
+Meant to become the ``keywords:`` section of :class:`research.pmg.config.PMGConfig`. The model itself is
+``models.llm`` and the scenario is the top-level ``scenario`` field, so neither is repeated here. Defaults
+live here and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SPLITS = ("train", "valid", "test")
+CHAT_FORMAT_NAMES = ("llama2", "human_assistant", "chatml", "plain")
+# The prompt set of each scenario under configs/prompts/ (the paper's three scenarios).
+DEFAULT_TEMPLATES = {"pog": "clothing", "movielens": "movie", "stickers": "sticker"}
+
+
+@dataclass
+class KeywordsConfig:
+    """How preference keywords k_p and target keywords k_t are extracted with the frozen LLM.
+
+    Empty paths have defaults: ``data`` is the prepared dataset of the data stage (``data.out`` or
+    ``<runtime.output_dir>/data``), ``out`` is ``<runtime.output_dir>/keywords/keywords.jsonl`` and
+    ``cache`` is ``<runtime.output_dir>/keywords/cache``.
+    """
+
+    templates: str = ""  # prompt set: a name under configs/prompts/ or a YAML path; "" = the scenario's set
+    chat_format: Literal["llama2", "human_assistant", "chatml", "plain"] = "llama2"  # llama2 = Llama-2-chat [INST]
+    num_preference: int = 8  # N for k_p (the official code's 8)
+    num_target: int = 10  # N for k_t
+    per_attribute: int = 5  # keywords asked for per attribute ("at most N" in the prompt)
+    integrate: bool = False  # let the LLM pick the N most distinctive keywords of the merged list
+    max_new_tokens: int = 64
+    batch_size: int = 8  # prompts per generate call; the batch is padded to this size (static shapes)
+    use_past: bool = True  # incremental inference with a KV cache
+    do_sample: bool = False  # greedy by default; sampling makes answers depend on the batch they ran in
+    top_k: int = 0  # sampling only; 0 = off
+    top_p: float = 1.0  # sampling only
+    temperature: float = 1.0  # sampling only
+    max_item_chars: int = 200  # longer titles and conversation turns are cut (with an ellipsis)
+    max_keyword_words: int = 4  # longer parsed pieces are sentences, not keywords
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    max_samples: int = 0  # the first N selected samples in dataset order; 0 = all
+    data: str = ""
+    out: str = ""
+    cache: str = ""
+    model_id: str = ""  # cache identity of the LLM; "" = derived from models.llm, precision and generation settings
+
+    def validate(self, where: str) -> None:
+        for name in ("num_preference", "num_target", "per_attribute", "max_new_tokens", "batch_size",
+                     "max_item_chars", "max_keyword_words"):
+            _check(getattr(self, name) > 0, where, name, "must be > 0")
+        _check(self.max_item_chars >= 8, where, "max_item_chars", "must be >= 8")
+        _check(self.top_k >= 0, where, "top_k", "must be >= 0 (0 = off)")
+        _check(0.0 < self.top_p <= 1.0, where, "top_p", "must be in (0, 1]")
+        _check(self.temperature > 0, where, "temperature", "must be > 0")
+        _check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
+        for split in self.splits:
+            _check(split in SPLITS, where, "splits", f"{split!r} is not one of {list(SPLITS)}")
+        _check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
+        _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
+
+
+def _check(ok: bool, where: str, name: str, message: str) -> None:
+    if not ok:
+        # Imported here: research.pmg.config will import this module to build its ``keywords:`` section.
+        from research.pmg.config import ConfigError
+
+        raise ConfigError(f"{where}{name}: {message}")
