@@ -55,9 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     clip = sub.add_parser("clip", help="HF CLIPModel folder -> folder for MindONE's CLIPModel")
     common(clip, "HF CLIPModel folder", "output folder")
 
-    lpips = sub.add_parser("lpips", help="LPIPS backbones and heads (not available yet)")
-    lpips.add_argument("--src")
-    lpips.add_argument("--dst")
+    lpips = sub.add_parser("lpips", help="torchvision VGG16/AlexNet + lpips v0.1 heads -> MindSpore LPIPS .ckpt",
+                           description="A torchvision backbone state dict (or a saved lpips.LPIPS state dict) plus "
+                                       "the lpips package's v0.1 head file to the .ckpt that evaluate.lpips_weights "
+                                       "names.")
+    common(lpips, "torchvision vgg16/alexnet weights (.safetensors, or .pth with --allow-pickle)", "output .ckpt")
+    lpips.add_argument("--heads", help="LPIPS v0.1 heads: <lpips package>/lpips/weights/v0.1/{vgg,alex}.pth "
+                                       "(not needed when --src already holds lin0..lin4)")
+    lpips.add_argument("--net", choices=("vgg", "alex"),
+                       help="backbone (default: detected from the first convolution in --src)")
     return parser
 
 
@@ -74,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace):
-    from ckpt_convert.sources import ConversionError
-
     if args.family == "lpips":
-        raise ConversionError("lpips: arrives with the evaluation stage (the MindSpore LPIPS model does not exist "
-                              "yet, so there is nothing to convert into)")
+        from ckpt_convert import lpips
+
+        return lpips.convert(args.src, args.dst, heads=args.heads, net=args.net, dtype=args.dtype,
+                             allow_pickle=args.allow_pickle, overwrite=args.overwrite)
     if args.family == "llama":
         from ckpt_convert import llama
 

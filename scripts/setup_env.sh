@@ -13,9 +13,15 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.installed-$(basename "$requirements" .txt)"
+# Packages whose declared dependencies must not be installed (see the file's comments).
+nodeps="$root/${requirements%.txt}-nodeps.txt"
 # Re-install only when a requirements file changed since the last successful install.
-if [ ! -f "$stamp" ] || [ "$root/$requirements" -nt "$stamp" ] || [ "$root/requirements.txt" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$root/$requirements" -nt "$stamp" ] || [ "$root/requirements.txt" -nt "$stamp" ] \
+   || { [ -f "$nodeps" ] && [ "$nodeps" -nt "$stamp" ]; }; then
   echo "[setup] installing $requirements (first time: about 3 minutes)"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/$requirements"
+  if [ -f "$nodeps" ]; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$nodeps"
+  fi
   touch "$stamp"
 fi

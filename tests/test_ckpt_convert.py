@@ -140,9 +140,9 @@ def test_resolve_lists_every_problem():
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    assert run(main, ["lpips", "--src", "x", "--dst", "y"]) == USER_ERROR_EXIT
+    assert run(main, ["lpips", "--src", str(tmp_path / "x.pth"), "--dst", str(tmp_path / "y.ckpt")]) == USER_ERROR_EXIT
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "lpips: arrives with the evaluation stage" in err
+    assert err.count("\n") == 1 and "x.pth: file not found" in err
     assert run(main, ["clip", "--src", str(tmp_path / "absent"), "--dst", str(tmp_path / "out")]) == USER_ERROR_EXIT
     assert "absent: not a folder" in capsys.readouterr().err
     assert run(main, ["llama", "--src", str(tmp_path), "--dst", str(tmp_path / "x.bin")]) == USER_ERROR_EXIT

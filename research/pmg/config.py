@@ -18,6 +18,7 @@ import yaml
 
 from research.pmg.data.config import DataConfig
 from research.pmg.errors import PMGError
+from research.pmg.evaluate.config import EvaluateConfig
 from research.pmg.keywords.config import KeywordsConfig
 
 
@@ -220,6 +221,7 @@ class PMGConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     keywords: KeywordsConfig = field(default_factory=KeywordsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def validate(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from mindspore import nn
 
 from research.pmg.config import ClipConfig, ConfigError
-from research.pmg.models.diffusion import check_arch
+from research.pmg.models.diffusion import check_arch, check_eos
 from research.pmg.models.llama import freeze
 from research.pmg.runtime import Runtime
 
@@ -56,4 +56,5 @@ def build_clip(cfg: ClipConfig, runtime: Runtime, *, source: str = "config",
         model = CLIPModel(CLIPConfig(text_config=cfg.text_config, vision_config=cfg.vision_config,
                                      projection_dim=cfg.projection_dim))
         tokenizer = load_clip_tokenizer(tokenizer_dir, model.config.text_config.max_position_embeddings)
+    check_eos(model.config.text_config, tokenizer, f"{source}: models.clip")
     return ClipParts(model=freeze(model), tokenizer=tokenizer)

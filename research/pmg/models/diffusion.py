@@ -80,6 +80,7 @@ def build_diffusion(cfg: DiffusionConfig, runtime: Runtime, *, source: str = "co
         scheduler = build_scheduler(cfg.scheduler)
     parts = DiffusionParts(unet=freeze(unet), vae=freeze(vae), text_encoder=freeze(text_encoder),
                            tokenizer=tokenizer, scheduler=scheduler)
+    check_eos(text_encoder.config, tokenizer, f"{source}: models.diffusion")
     vocab = text_encoder.config.vocab_size
     if len(tokenizer) > vocab:
         raise ConfigError(f"{source}: models.diffusion: tokenizer has {len(tokenizer)} tokens but the text encoder "
@@ -116,3 +117,13 @@ def check_arch(cls: type, arch: dict[str, Any], field: str) -> None:
     unknown = sorted(set(arch) - accepted)
     if unknown:
         raise ConfigError(f"{field}: unknown field '{unknown[0]}' for {cls.__name__}")
+
+
+def check_eos(text_config, tokenizer, field: str) -> None:
+    """CLIP text models pool the hidden state at ``eos_token_id`` (2 means the legacy argmax rule of the
+    original SD 1.x configs). Any other id the tokenizer does not use as its end token would pool at a
+    fixed wrong position and give every text the same embedding."""
+    eos = text_config.eos_token_id
+    if eos != 2 and eos != tokenizer.eos_token_id:
+        raise ConfigError(f"{field}: text eos_token_id is {eos} but the tokenizer's end token is "
+                          f"{tokenizer.eos_token_id}; set eos_token_id (and bos_token_id) to match")

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from research.pmg.errors import PMGError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: transparent pixels composited over white
 
 
 @dataclass(frozen=True)
@@ -67,16 +66,14 @@ def tokenize_prompts(tokenizer, prompts: list[str], prompt_len: int, pad_id: int
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
-    """RGB image, centre-cropped to a square and resized to ``size``: ``(3, size, size)`` in [-1, 1]."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise PMGError(f"{path}: cannot read image: {exc}") from None
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    return (np.asarray(img, np.float32).transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
+    """The target image as the model sees it: ``(3, size, size)`` float32 in [-1, 1].
+
+    Read exactly as evaluation reads it (transparency over white, centred square crop, bicubic resize), so
+    the soft preference is trained toward the images it is later scored against.
+    """
+    from research.pmg.evaluate.images import load_fitted, to_signed
+
+    return to_signed(load_fitted(path, size, "center_crop")[None])[0]
 
 
 def cache_key(examples: list[Example], fingerprint: dict) -> str:

@@ -1,0 +1,153 @@
+"""Command line of the evaluation stage.
+
+    python -m research.pmg.evaluate --config configs/pog.yaml --lpips-weights weights/lpips_alex.ckpt
+    python -m research.pmg.evaluate --config C --method pmg=output/pog/generate/manifest.jsonl --method base=DIR
+    python -m research.pmg.evaluate --config C --plan            # print the runs baselines/sweeps need, and exit
+    python -m research.pmg.evaluate --config C --run-methods     # make missing method images first, then evaluate
+
+Settings: defaults, then the config's ``evaluate:`` section (once PMGConfig has one) and ``--set``, then flags.
+Bad input ends with one line ``error: ...`` on stderr and exit code 2; the report folder is written whole or
+not at all (see research/pmg/evaluate/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from research.pmg.cli import add_config_args, config_from_args, run
+from research.pmg.errors import PMGError
+from research.pmg.evaluate.config import METRICS, SPLITS, EvaluateConfig, MethodConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit code 2, like every other bad input
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m research.pmg.evaluate",
+                description="Score generated images against history and target images (LPIPS, SSIM, CLIP), "
+                            "compare methods and write a report (research/pmg/evaluate/README.md).")
+    add_config_args(p)
+    p.add_argument("--data", help="prepared dataset folder (default: data.out or <output_dir>/data)")
+    p.add_argument("--keywords", help="keywords file (default: train.keywords or <output_dir>/keywords/keywords.jsonl)")
+    p.add_argument("--out", help="report folder (default: <output_dir>/evaluate)")
+    p.add_argument("--split", choices=SPLITS, help="samples to evaluate (default test)")
+    p.add_argument("--max-samples", type=int, help="first N samples of the split (default 0 = all)")
+    p.add_argument("--method", action="append", metavar="NAME=IMAGES",
+                   help="a method and its images (folder or manifest); repeatable; replaces the configured "
+                        "methods and sweep")
+    p.add_argument("--baseline", help="method the others are compared with (default: the first)")
+    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default all)")
+    p.add_argument("--lpips-net", choices=("vgg", "alex"), help="LPIPS backbone (default alex)")
+    p.add_argument("--lpips-weights", help="LPIPS .ckpt from `python -m ckpt_convert lpips`")
+    p.add_argument("--image-size", type=int, help="LPIPS/SSIM comparison size in pixels (default 256)")
+    p.add_argument("--resize", choices=("center_crop", "squash"), help="resize policy (default center_crop)")
+    p.add_argument("--batch-size", type=int, help="pairs / images per forward pass (default 8)")
+    p.add_argument("--bootstrap-samples", type=int, help="bootstrap resamples (default 10000)")
+    p.add_argument("--permutations", type=int, help="sign-flip permutations (default 10000)")
+    p.add_argument("--seed", type=int, help="seed of the statistics (default 0)")
+    p.add_argument("--plan", action="store_true", help="print each method's images and the runs that make missing "
+                                                       "ones, then exit")
+    p.add_argument("--run-methods", action="store_true",
+                   help="first run training/generation for methods with overrides whose images are missing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+_FLAG_FIELDS = ("data", "keywords", "out", "split", "max_samples", "baseline", "lpips_net", "lpips_weights",
+                "image_size", "resize", "batch_size", "bootstrap_samples", "permutations", "seed")
+
+
+def evaluate_config(cfg, args: argparse.Namespace) -> EvaluateConfig:
+    """Defaults < the config's ``evaluate:`` section < flags; validated once."""
+    base = getattr(cfg, "evaluate", None) or EvaluateConfig()
+    changes = {name: getattr(args, name) for name in _FLAG_FIELDS if getattr(args, name) is not None}
+    if args.metrics is not None:
+        changes["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.method:
+        methods = []
+        for item in args.method:
+            name, sep, images = item.partition("=")
+            if not sep or not name.strip() or not images.strip():
+                raise PMGError(f"--method {item!r}: expected NAME=IMAGES (a folder or a manifest)")
+            methods.append(MethodConfig(name=name.strip(), images=images.strip()))
+            methods[-1].validate(f"--method {item}: ")
+        changes.update(methods=methods, sweep={})
+    ecfg = dataclasses.replace(base, **changes)
+    ecfg.validate("evaluate.")
+    ecfg.check_inputs("evaluate.")
+    return ecfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    ecfg = evaluate_config(cfg, args)
+
+    from research.pmg.evaluate.methods import plan_methods, read_images, run_method
+
+    output_dir = Path(cfg.runtime.output_dir).resolve()
+    plans = plan_methods(ecfg, output_dir=output_dir, config=args.config, overrides=args.overrides)
+    if args.plan:
+        for plan in plans:
+            state = "missing" if plan.missing() else "found"
+            print(f"{plan.name}: {plan.images} ({state})")
+            for command in plan.commands:
+                print(f"  {shlex.join(command)}")
+        return 0
+    missing = [plan for plan in plans if plan.missing()]
+    if missing and args.run_methods:
+        for plan in missing:
+            if plan.run_dir is not None:
+                run_method(plan, output_dir=output_dir)
+        missing = [plan for plan in plans if plan.missing()]
+    if missing:
+        plan = missing[0]
+        hint = ("pass --run-methods to generate them" if plan.run_dir is not None else
+                "run the generation stage first, or point the method at its images")
+        raise PMGError(f"method {plan.name}: images not found at {plan.images} ({hint}; "
+                       f"{len(missing)} of {len(plans)} methods missing)")
+
+    from research.pmg.runtime import setup_runtime
+
+    runtime = setup_runtime(cfg.runtime)
+    from research.pmg.data.records import load_prepared
+    from research.pmg.evaluate.run import evaluate
+
+    data = load_prepared(Path(ecfg.data or cfg.data.out or output_dir / "data"))
+    method_images = {plan.name: read_images(plan.images) for plan in plans}
+    keywords = lpips_model = embedder = None
+    if "clip" in ecfg.metrics:
+        from research.pmg.keywords.records import load_keywords
+
+        keywords = load_keywords(Path(ecfg.keywords or cfg.train.keywords or output_dir / "keywords"))
+        from research.pmg.evaluate.clip_metrics import ClipEmbedder
+        from research.pmg.models import build_clip_parts, resolve_tokenizers
+
+        parts = build_clip_parts(cfg, runtime, resolve_tokenizers(cfg, runtime))
+        embedder = ClipEmbedder(parts, batch_size=ecfg.batch_size, model_path=cfg.models.clip.path)
+    if "lpips" in ecfg.metrics:
+        from research.pmg.evaluate.lpips import load_lpips
+
+        lpips_model = load_lpips(ecfg.lpips_net, ecfg.lpips_weights, what="evaluate.lpips_weights")
+    out = Path(ecfg.out) if ecfg.out else output_dir / "evaluate"
+    summary = evaluate(ecfg, data=data, method_images=method_images, out=out, keywords=keywords,
+                       lpips_model=lpips_model, clip_embedder=embedder, clip_model=cfg.models.clip.path,
+                       scenario=cfg.scenario, sources={plan.name: str(plan.images) for plan in plans},
+                       run_config=cfg.to_dict(), progress=not args.no_progress)
+    print(f"evaluate: {summary['samples']} samples of split {ecfg.split}, {len(method_images)} method(s) -> {out}")
+    for method, results in summary["results"].items():
+        scores = ", ".join(f"{name} {r['mean']:.4f}" for name, r in results.items() if r["mean"] is not None)
+        coverage = summary["methods"][method]
+        missing = f", {coverage['missing']} without an image" if coverage["missing"] else ""
+        print(f"  {method} (n={coverage['scored']}{missing}): {scores}")
+    print(f"  report: {out / 'results.md'}, gallery: {out / 'gallery.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

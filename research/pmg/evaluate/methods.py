@@ -1,0 +1,152 @@
+"""Where each method's generated images come from, and the runs that make them for baselines and sweeps.
+
+The input of the evaluation is deliberately simple: per method, sample id -> image file, from either
+
+- a folder of ``<sample id>.<png|jpg|jpeg|webp>``, or
+- a JSONL manifest, one object per line with ``"sample"`` (the sample id) and ``"image"`` (a path, relative
+  to the manifest's folder or absolute). The generation stage's ``generate/manifest.jsonl`` is one: each
+  sample's record names its chosen image in ``"image"`` (``"chosen"`` is the index of that candidate). A
+  manifest may instead list every candidate with ``"chosen": true/false``; then only the chosen line of a
+  sample counts. :func:`read_manifest` is the one place that knows the generator's format.
+
+A method with ``overrides`` is a separate run of the pipeline in ``<output_dir>/methods/<name>/``: its
+``data``, ``keywords`` and (unless it retrains) ``train`` folders link to the main run's, and the cache is
+shared, so generation with the overrides finds every input where it looks by default, with no knowledge
+of the generation stage's settings here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from research.pmg.errors import PMGError
+from research.pmg.evaluate.config import EvaluateConfig
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+MANIFEST = Path("generate") / "manifest.jsonl"
+LINKED = ("data", "keywords", "train")  # the main run's folders a method run reads
+
+
+class MethodImagesError(PMGError, ValueError):
+    """A method's images cannot be found or its manifest is malformed; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """One method: where its images are, and (for a run of its own) the folder and commands that make them."""
+
+    name: str
+    images: Path
+    run_dir: Path | None = None  # None: the images exist already or come from the main run
+    commands: tuple[tuple[str, ...], ...] = ()
+    retrains: bool = False  # the run trains its own soft preference instead of linking the main run's
+
+    def missing(self) -> bool:
+        return not self.images.exists()
+
+
+def read_images(source: str | os.PathLike) -> dict[str, Path]:
+    """``{sample id: image path}`` from a folder or a manifest (see the module docstring); every file exists."""
+    source = Path(source)
+    if source.is_dir():
+        found: dict[str, Path] = {}
+        for path in sorted(source.iterdir()):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                if path.stem in found:
+                    raise MethodImagesError(f"{source}: two images for sample {path.stem!r}: {found[path.stem].name} "
+                                            f"and {path.name}")
+                found[path.stem] = path
+        return found
+    if source.is_file():
+        return read_manifest(source)
+    raise MethodImagesError(f"{source}: no such folder or manifest (generate the images first, or run the "
+                            "evaluation with --run-methods)")
+
+
+def read_manifest(path: Path) -> dict[str, Path]:
+    """Sample id -> image of a JSONL manifest (see the module docstring); lines with ``"chosen": false`` skipped."""
+    found: dict[str, Path] = {}
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise MethodImagesError(f"{where}: not valid JSON: {exc} (an interrupted generation run? resuming it "
+                                        "repairs its manifest)") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("sample"), str) \
+                    or not isinstance(obj.get("image"), str) or not obj["image"]:
+                raise MethodImagesError(f"{where}: expected an object with string fields 'sample' and 'image'")
+            chosen = obj.get("chosen")
+            if chosen is not None and not isinstance(chosen, int):
+                raise MethodImagesError(f"{where}: field 'chosen' must be true/false (a candidate's line) or an "
+                                        "index (a sample's record, whose 'image' is the chosen one)")
+            if chosen is False:  # a candidate that was not chosen is not the method's image
+                continue
+            if obj["sample"] in found:
+                raise MethodImagesError(f"{where}: sample {obj['sample']!r} has a second image line")
+            image = Path(obj["image"])
+            image = image if image.is_absolute() else path.parent / image
+            if not image.is_file():
+                raise MethodImagesError(f"{where}: image {image} not found")
+            found[obj["sample"]] = image
+    return found
+
+
+def plan_methods(ecfg: EvaluateConfig, *, output_dir: Path, config: str, overrides: list[str]) -> list[MethodPlan]:
+    """Where each method's images are and, for methods with overrides, the train/generate commands of their run.
+
+    ``config`` and ``overrides`` are what this evaluation was started with; each method run adds
+    ``evaluate.run_overrides``, its own overrides, its output folder and the shared cache. The combined
+    overrides are validated here, so a misspelt key fails before anything runs.
+    """
+    from research.pmg.config import load_config
+
+    plans = []
+    for method in ecfg.all_methods():
+        if method.images:
+            plans.append(MethodPlan(method.name, Path(method.images)))
+        elif not method.overrides and not method.retrain:
+            plans.append(MethodPlan(method.name, output_dir / MANIFEST))
+        else:
+            run_dir = output_dir / "methods" / method.name
+
+            def fill(item: str) -> str:
+                return item.replace("{run_dir}", str(run_dir)).replace("{output_dir}", str(output_dir))
+
+            settings = [*overrides, *map(fill, ecfg.run_overrides), *map(fill, method.overrides),
+                        f"runtime.output_dir={run_dir}", f"runtime.cache_dir={output_dir / 'cache'}"]
+            load_config(config, settings)
+            flags = ["--config", config, *(x for item in settings for x in ("--set", item))]
+            stages = (("train", "generate") if method.trains else ("generate",))
+            commands = tuple((sys.executable, "-m", f"research.pmg.{stage}", *flags) for stage in stages)
+            plans.append(MethodPlan(method.name, run_dir / MANIFEST, run_dir, commands, method.trains))
+    return plans
+
+
+def run_method(plan: MethodPlan, *, output_dir: Path) -> None:
+    """Make ``plan``'s run folder (links to the main run's inputs) and run its commands in order."""
+    if plan.run_dir is None:
+        return
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        if name == "train" and plan.retrains:
+            continue
+        link, target = plan.run_dir / name, output_dir / name
+        if target.exists() and not link.exists():
+            link.symlink_to(os.path.relpath(target, plan.run_dir), target_is_directory=True)
+    for command in plan.commands:
+        print(f"[{plan.name}] {shlex.join(command)}", flush=True)
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            raise PMGError(f"method {plan.name}: {' '.join(command[1:3])} exited with code {result.returncode} "
+                           f"(its output is above; logs under {plan.run_dir / 'log'})")
+    if plan.missing():
+        raise PMGError(f"method {plan.name}: the run finished but wrote no {plan.images}")

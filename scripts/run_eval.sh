@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Evaluate generated images (research.pmg.evaluate): LPIPS, SSIM and CLIP against history and target images,
+# bootstrap intervals, paired comparisons between methods, and a report. Arguments go to it, e.g.
+#   bash scripts/run_eval.sh --config configs/pog.yaml --lpips-weights weights/lpips_alex.ckpt
+#   bash scripts/run_eval.sh --config configs/pog.yaml --method pmg=DIR1 --method no_pers=DIR2
+#   bash scripts/run_eval.sh --config configs/pog.yaml --plan          # the runs the baselines/sweeps need
+#   bash scripts/run_eval.sh --config configs/pog.yaml --run-methods   # make missing method images, then evaluate
+# Writes <output_dir>/evaluate/ (results.md, results.csv, comparison.csv, per_sample.csv, chart.png,
+# gallery.html, summary.json); see research/pmg/evaluate/README.md. Relative paths are relative to where
+# you run this.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VENV:-$root/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  bash "$root/scripts/setup_env.sh" requirements.txt
+fi
+# Method runs (--run-methods) start the training/generation stages with this interpreter: make it the venv's.
+export PATH="$venv/bin:$PATH"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+exec python -m research.pmg.evaluate "$@"
