@@ -19,6 +19,7 @@ import yaml
 from research.pmg.data.config import DataConfig
 from research.pmg.errors import PMGError
 from research.pmg.evaluate.config import EvaluateConfig
+from research.pmg.generate.config import GenerateConfig
 from research.pmg.keywords.config import KeywordsConfig
 
 
@@ -221,6 +222,7 @@ class PMGConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     keywords: KeywordsConfig = field(default_factory=KeywordsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 

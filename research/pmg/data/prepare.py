@@ -168,7 +168,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[str, DataConfig, str]:
         scenario = pmg.scenario
     else:
         raise ConfigError("--scenario is required without --config")
-    data = getattr(pmg, "data", None) or DataConfig()
+    data = pmg.data
     flags = {name: getattr(args, name) for name in _FLAG_FIELDS if getattr(args, name) is not None}
     return scenario, dataclasses.replace(data, **flags), pmg.runtime.output_dir
 

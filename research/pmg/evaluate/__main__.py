@@ -64,7 +64,7 @@ _FLAG_FIELDS = ("data", "keywords", "out", "split", "max_samples", "baseline", "
 
 def evaluate_config(cfg, args: argparse.Namespace) -> EvaluateConfig:
     """Defaults < the config's ``evaluate:`` section < flags; validated once."""
-    base = getattr(cfg, "evaluate", None) or EvaluateConfig()
+    base = cfg.evaluate
     changes = {name: getattr(args, name) for name in _FLAG_FIELDS if getattr(args, name) is not None}
     if args.metrics is not None:
         changes["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]

@@ -1,0 +1,95 @@
+"""Settings of the generation stage: weight sets, sampling, CLIP balancing, batching, soft preference, paths.
+
+Meant to become the ``generate:`` section of :class:`research.pmg.config.PMGConfig`. The models are
+``models.diffusion`` and ``models.clip``, the seed is ``runtime.seed``; neither is repeated here. Defaults live
+here and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+SPLITS = ("train", "valid", "test")
+# The official demo's negative prompts (prompts.py: costume, movie, emoticon), per scenario.
+DEFAULT_NEGATIVE_PROMPTS = {
+    "pog": "human woman man body face fashion trendy",
+    "movielens": "broken text, unclear, twisted",
+    "stickers": "Bad Artist, Worst Quality, Low Quality, Bad Hands-5, Low Resolution, Bad Anatomy, Bad Hands, Text, "
+                "Watermark, Worst Quality, Low Quality, Blurry, Extra Limbs",
+}
+
+
+@dataclass
+class GenerateConfig:
+    """How candidates are generated for each sample and how CLIP picks one (paper section 3.3).
+
+    Every sample gets ``len(weight_sets) * images_per_set`` candidates, generated together in micro-batches of
+    ``micro_batch`` through the UNet; CLIP scores each with d_p (personalization) and d_t (accuracy) and the
+    highest ``z`` wins. Empty paths have defaults: ``data`` is ``data.out`` or ``<runtime.output_dir>/data``,
+    ``keywords`` is ``<runtime.output_dir>/keywords/keywords.jsonl``, ``out`` is
+    ``<runtime.output_dir>/generate``.
+    """
+
+    weight_sets: list[list[float]] = field(default_factory=lambda: [[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]])  # (w_p, w_t)
+    images_per_set: int = 1  # M images (seeds) per weight set
+    weighting: Literal["scaling", "repetition"] = "scaling"  # scale the groups' embeddings / repeat keyword text
+    preference_keywords: bool = True  # false: no preference keyword group (target + soft only: the baselines)
+    soft_weight: float = 1.0  # w_s on the soft embedding E_m (times w_p when weighting is scaling)
+    soft_checkpoint: str = ""  # soft_preference.ckpt, a step-*/ folder or a train output folder; "" = keywords only
+    steps: int = 30  # denoising steps
+    guidance: float = 7.5  # classifier-free guidance scale (1 = the conditional prediction alone)
+    scheduler: Literal["ddim", "dpm_solver"] = "dpm_solver"  # DDIM with eta 0, or DPM-Solver++ multistep
+    size: int = 0  # image side in pixels; 0 = the UNet's native size (sample_size x VAE factor)
+    negative_prompt: Optional[str] = None  # None = the scenario's prompt from the official demo; "" = empty
+    a: float = 0.5  # balance: z = a * log d_p + (1 - a) * log d_t
+    score_form: Literal["log", "linear"] = "log"  # log: the paper's formula; linear: a * d_p + (1 - a) * d_t
+    micro_batch: int = 8  # candidates per UNet call (the UNet sees twice as many rows with guidance)
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    max_samples: int = 0  # the first N selected samples in dataset order; 0 = all
+    contact_sheets: bool = True  # history | candidates | chosen, one PNG per sample
+    data: str = ""
+    keywords: str = ""
+    out: str = ""
+
+    def validate(self, where: str) -> None:
+        _check(bool(self.weight_sets), where, "weight_sets", "must list at least one (w_p, w_t) pair")
+        for i, pair in enumerate(self.weight_sets):
+            name = f"weight_sets[{i}]"
+            _check(isinstance(pair, (list, tuple)) and len(pair) == 2, where, name, "must be a pair [w_p, w_t]")
+            _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in pair), where, name,
+                   "weights must be numbers")
+            _check(all(w >= 0 for w in pair) and any(w > 0 for w in pair), where, name,
+                   "weights must be >= 0 and not both 0")
+            if self.weighting == "repetition":
+                _check(all(float(w).is_integer() for w in pair), where, name,
+                       "repetition weighting repeats keyword text: weights must be whole numbers")
+        pairs = [tuple(float(w) for w in pair) for pair in self.weight_sets]
+        _check(len(set(pairs)) == len(pairs), where, "weight_sets", "lists a pair twice")
+        _check(self.images_per_set > 0, where, "images_per_set", "must be > 0")
+        _check(self.soft_weight >= 0, where, "soft_weight", "must be >= 0")
+        _check(self.steps > 0, where, "steps", "must be > 0")
+        _check(self.guidance >= 1.0, where, "guidance", "must be >= 1 (1 = no guidance)")
+        _check(self.size >= 0, where, "size", "must be >= 0 (0 = the model's native size)")
+        _check(0.0 <= self.a <= 1.0, where, "a", "must be in [0, 1]")
+        _check(self.micro_batch > 0, where, "micro_batch", "must be > 0")
+        _check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
+        for split in self.splits:
+            _check(split in SPLITS, where, "splits", f"{split!r} is not one of {list(SPLITS)}")
+        _check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
+        _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
+
+    @property
+    def num_candidates(self) -> int:
+        """K weight sets times M images: the candidates of one sample."""
+        return len(self.weight_sets) * self.images_per_set
+
+    def negative_for(self, scenario: str) -> str:
+        return DEFAULT_NEGATIVE_PROMPTS.get(scenario, "") if self.negative_prompt is None else self.negative_prompt
+
+
+def _check(ok: bool, where: str, name: str, message: str) -> None:
+    if not ok:
+        # Imported here: research.pmg.config will import this module to build its ``generate:`` section.
+        from research.pmg.config import ConfigError
+
+        raise ConfigError(f"{where}{name}: {message}")

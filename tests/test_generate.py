@@ -1,0 +1,418 @@
+"""Generation (research.pmg.generate): batched == separate, seeds, conditioning, CLIP parity, outputs, resume, CLI.
+
+Tiny models from configs/tiny.yaml, 3 denoising steps. One pipeline (one compiled UNet cell) serves the whole
+module, so each UNet batch shape compiles once.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import mindspore as ms
+from PIL import Image
+
+from research.pmg.cli import USER_ERROR_EXIT, run
+from research.pmg.config import ConfigError
+from research.pmg.generate import outputs
+from research.pmg.generate.conditioning import candidate_contexts, repeated, unconditional_context
+from research.pmg.generate.config import GenerateConfig
+from research.pmg.generate.pipeline import GenerationPipeline, to_uint8
+from research.pmg.generate.run import GenerationModels, build_models, generate, generation_scheduler
+from research.pmg.generate.scorer import ClipScorer, clip_image_processor
+from research.pmg.generate.select import select
+from research.pmg.runtime import set_execution_mode
+from tests.tiny_models import TINY_CONFIG, tiny_config
+
+STEPS = 3
+TARGET_TEXT, PREFERENCE_TEXT = "bear face, animals", "cat, frog, cartoon, cute"
+
+
+@pytest.fixture(scope="module")
+def gen_cfg(runtime):
+    return tiny_config(runtime.output_dir)
+
+
+def gen_settings(**changes) -> GenerateConfig:
+    settings = GenerateConfig(**{"steps": STEPS, "scheduler": "ddim", "micro_batch": 4, **changes})
+    settings.validate("test: ")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def models(gen_cfg, runtime, tiny_tokenizers, tiny_diffusion):
+    from research.pmg.models import build_clip_parts
+    from research.pmg.models.conditioning import encode_texts
+
+    sd = tiny_diffusion
+    clip = build_clip_parts(gen_cfg, runtime, tiny_tokenizers)
+    pipeline = GenerationPipeline(sd, generation_scheduler(gen_cfg, gen_settings()), steps=STEPS, guidance=7.5,
+                                  micro_batch=4)
+    max_length = gen_cfg.models.diffusion.tokenizer_max_length
+    return GenerationModels(pipeline=pipeline, scorer=ClipScorer(clip, clip_image_processor(clip)),
+                            encode=lambda texts: encode_texts(sd.text_encoder, sd.tokenizer, texts, max_length))
+
+
+@pytest.fixture(scope="module")
+def candidates(models):
+    """K = 2 weight sets x M = 2 images: contexts (4, T, ctx_dim), the unconditional context, seeds."""
+    contexts = candidate_contexts(models.encode, TARGET_TEXT, PREFERENCE_TEXT, None, [[1, 1], [2, 1]], "scaling")
+    seeds = [(7, 3, k, m) for k in range(2) for m in range(2)]
+    return np.repeat(contexts, 2, axis=0), unconditional_context(models.encode, "blurry"), seeds
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm_solver"])
+def test_batched_equals_separate_and_micro_batches(scheduler, models, candidates, gen_cfg):
+    pipeline = models.pipeline
+    cond, uncond, seeds = candidates
+    latents = pipeline.initial_latents(seeds)
+    pipeline.scheduler = generation_scheduler(gen_cfg, gen_settings(scheduler=scheduler))
+    try:
+        batched = pipeline(cond, uncond, latents)  # one UNet call of 4 candidates (8 rows with guidance) per step
+        separate = np.concatenate([pipeline(cond[i:i + 1], uncond, latents[i:i + 1]) for i in range(4)])
+        pipeline.micro_batch = 3  # 3 + 1 candidate, the last micro-batch padded to 3
+        micro = pipeline(cond, uncond, latents)
+    finally:
+        pipeline.micro_batch = 4
+        pipeline.scheduler = generation_scheduler(gen_cfg, gen_settings())
+    assert batched.shape == (4, 16, 16, 3) and batched.dtype == np.float32
+    assert batched.min() >= 0 and batched.max() <= 1
+    print(f"{scheduler}: batched vs separate max abs diff {np.abs(batched - separate).max():.2e}, "
+          f"vs micro-batched {np.abs(batched - micro).max():.2e}")
+    np.testing.assert_allclose(batched, separate, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(batched, micro, rtol=0, atol=1e-5)
+    # the candidates themselves differ (other weights or other seeds)
+    assert min(np.abs(batched[i] - batched[j]).mean() for i in range(4) for j in range(i)) > 1e-2
+
+
+def test_same_seed_same_image_other_seed_other_image(models, candidates):
+    pipeline = models.pipeline
+    cond, uncond, seeds = candidates
+    first = to_uint8(pipeline(cond, uncond, pipeline.initial_latents(seeds)))
+    again = to_uint8(pipeline(cond, uncond, pipeline.initial_latents(seeds)))
+    other = to_uint8(pipeline(cond, uncond, pipeline.initial_latents([(8,) + s[1:] for s in seeds])))
+    np.testing.assert_array_equal(first, again)
+    assert all(np.abs(first[i].astype(int) - other[i]).mean() > 5 for i in range(4))
+    # a candidate's noise depends on its own seed only, not on its batch
+    np.testing.assert_array_equal(pipeline.initial_latents(seeds)[2], pipeline.initial_latents(seeds[2:3])[0])
+    assert pipeline.initial_latents(seeds).shape == (4, 4, 8, 8)
+
+
+def test_image_size_must_fit_the_models(tiny_diffusion, gen_cfg):
+    scheduler = generation_scheduler(gen_cfg, gen_settings())
+    assert GenerationPipeline(tiny_diffusion, scheduler, steps=1, guidance=1.0, micro_batch=1, size=32).latent_shape \
+        == (4, 16, 16)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        GenerationPipeline(tiny_diffusion, scheduler, steps=1, guidance=1.0, micro_batch=1, size=18)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conditioning
+# ---------------------------------------------------------------------------------------------------------------------
+def test_scaling_weights_each_group_and_the_soft_embedding(models):
+    encode = models.encode
+    soft = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    target, preference = encode([TARGET_TEXT, PREFERENCE_TEXT])
+    n = target.shape[0]
+    ctx = candidate_contexts(encode, TARGET_TEXT, PREFERENCE_TEXT, soft, [[1, 1], [1, 2], [2, 1]], "scaling",
+                             soft_weight=0.5)
+    assert ctx.shape == (3, 2 * n + 4, 32) and ctx.dtype == np.float32
+    for row, (w_p, w_t) in enumerate([(1, 1), (1, 2), (2, 1)]):
+        np.testing.assert_allclose(ctx[row, :n], w_t * target, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ctx[row, n:2 * n], w_p * preference, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ctx[row, 2 * n:], w_p * 0.5 * soft, rtol=1e-6)
+    # without a soft embedding the soft slots are absent, not zero
+    assert candidate_contexts(encode, TARGET_TEXT, PREFERENCE_TEXT, None, [[1, 1]], "scaling").shape == (1, 2 * n, 32)
+
+
+def test_repetition_repeats_text_and_agrees_with_scaling_at_unit_weights(models):
+    encode = models.encode
+    soft = np.ones((4, 32), np.float32)
+    assert repeated("a, b", 3) == "a, b, a, b, a, b" and repeated("a", 0) == "" and repeated("", 2) == ""
+    ctx = candidate_contexts(encode, TARGET_TEXT, PREFERENCE_TEXT, soft, [[1, 1], [2, 3]], "repetition",
+                             soft_weight=0.5)
+    n = 32
+    twice, thrice = encode([repeated(PREFERENCE_TEXT, 2), repeated(TARGET_TEXT, 3)])
+    np.testing.assert_allclose(ctx[1, :n], thrice, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ctx[1, n:2 * n], twice, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ctx[1, 2 * n:], 0.5 * soft)  # E_m is not scaled by w_p here
+    scaled = candidate_contexts(encode, TARGET_TEXT, PREFERENCE_TEXT, soft, [[1, 1]], "scaling", soft_weight=0.5)
+    np.testing.assert_allclose(ctx[0], scaled[0], rtol=1e-5, atol=1e-5)
+    assert np.abs(ctx[1, :n] - 3 * ctx[0, :n]).max() > 1e-2  # repetition is not scaling
+
+
+def test_unconditional_context_matches_the_conditional_length(models):
+    negative = models.encode(["blurry"])[0]
+    uncond = unconditional_context(models.encode, "blurry", soft_len=4)
+    assert uncond.shape == (68, 32)
+    np.testing.assert_allclose(uncond[:32], negative, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(uncond[32:64], negative, rtol=1e-5, atol=1e-6)
+    assert not uncond[64:].any()  # soft slots: zeros
+    assert unconditional_context(models.encode, "blurry").shape == (64, 32)
+
+
+def test_preference_group_can_be_left_out(models):
+    soft = np.ones((4, 32), np.float32)
+    for weighting in ("scaling", "repetition"):
+        ctx = candidate_contexts(models.encode, TARGET_TEXT, None, soft, [[2, 1], [1, 2]], weighting)
+        assert ctx.shape == (2, 32 + 4, 32)
+        np.testing.assert_allclose(ctx[0, 32:], (2.0 if weighting == "scaling" else 1.0) * soft)
+    uncond = unconditional_context(models.encode, "blurry", soft_len=4, preference=False)
+    assert uncond.shape == (36, 32) and not uncond[32:].any()
+
+
+def test_sample_folder_names_are_safe_and_distinct():
+    assert outputs.sample_dirname("u001:2") == "u001%3A2"
+    assert outputs.sample_dirname("a/b") == "a%2Fb" and outputs.sample_dirname("..") == "%2E%2E"
+    assert outputs.candidate_image("u1:0", 2, 1) == "images/u1%3A0/2_1.png"
+    ids = ["a:1", "a_1", "a%3A1", "a-1"]
+    assert len({outputs.sample_dirname(i) for i in ids}) == len(ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLIP scorer
+# ---------------------------------------------------------------------------------------------------------------------
+def test_clip_scorer_matches_transformers(tmp_path, runtime, tiny_tokenizers):
+    import torch
+    from transformers import CLIPImageProcessor
+
+    from ckpt_convert.__main__ import main as convert
+    from research.pmg.models.clip import build_clip
+    from tests.hf_tiny_models import save_clip
+
+    src, dst = tmp_path / "hf", tmp_path / "clip"
+    model = save_clip(src, tiny_tokenizers.clip)
+    # a non-default normalisation, so the test fails if the checkpoint's preprocessing is not the one used
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3],
+                       image_std=[0.2, 0.3, 0.25]).save_pretrained(src)
+    assert convert(["clip", "--src", str(src), "--dst", str(dst)]) == 0
+    images = np.random.default_rng(0).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+    texts = [PREFERENCE_TEXT, TARGET_TEXT]
+    set_execution_mode("pynative")  # one pass each: compiling would cost more than it saves
+    try:
+        parts = build_clip(tiny_config(runtime.output_dir, f"models.clip.path={dst}").models.clip, runtime)
+        scorer = ClipScorer(parts, clip_image_processor(parts, dst))
+        image, text = scorer.image_features(images), scorer.text_features(texts)
+        d_p, d_t = scorer.similarities(images, *texts)
+        selection = scorer.choose(images, *texts, a=0.5)
+    finally:
+        set_execution_mode("graph")
+    processor = CLIPImageProcessor.from_pretrained(str(src))
+    ids = parts.tokenizer(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref_image = model.get_image_features(processor(images=list(images), return_tensors="pt")["pixel_values"])
+        ref_text = model.get_text_features(ids)
+    ref_image, ref_text = ref_image.numpy(), ref_text.numpy()
+    print(f"CLIP image features max abs diff {np.abs(image - ref_image).max():.2e}, "
+          f"text {np.abs(text - ref_text).max():.2e}")
+    np.testing.assert_allclose(image, ref_image, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(text, ref_text, rtol=0, atol=1e-4)
+    assert np.abs(text[0] - text[1]).max() > 1e-2  # texts pool at their own EOS, so they differ
+
+    def cos(x, y):
+        return x @ y / np.linalg.norm(x, axis=1) / np.linalg.norm(y)
+
+    np.testing.assert_allclose(d_p, cos(ref_image, ref_text[0]), atol=1e-4)
+    np.testing.assert_allclose(d_t, cos(ref_image, ref_text[1]), atol=1e-4)
+    assert selection.chosen == select(cos(ref_image, ref_text[0]), cos(ref_image, ref_text[1])).chosen
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The stage: outputs, resume, soft preference, command line
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stage_inputs(tmp_path_factory, runtime):
+    """The bundled sticker sample, prepared, with keywords made from item titles (standing in for the LLM)."""
+    from research.pmg.data.config import DataConfig
+    from research.pmg.data.prepare import prepare
+    from research.pmg.data.records import load_prepared
+
+    root = tmp_path_factory.mktemp("generate-inputs")
+    prepare("stickers", DataConfig(), output_dir=str(root), progress=False)
+    prepared = load_prepared(root / "data")
+    lines = []
+    for s in prepared.samples:
+        items = prepared.items
+        preference = sorted({items[h].title.split()[0] for h in s.history} | {items[h].category for h in s.history})
+        lines.append(json.dumps({"id": s.id, "user_id": s.user_id, "target": s.target, "status": "ok",
+                                 "preference_keywords": preference[:8],
+                                 "target_keywords": [items[s.target].title, items[s.target].category]}))
+    (root / "keywords").mkdir()
+    (root / "keywords" / "keywords.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def run_stage(gen_cfg, runtime, stage_inputs, out, models, **changes):
+    return generate(gen_cfg, gen_settings(**changes), runtime, data_dir=stage_inputs / "data",
+                    keywords_path=stage_inputs / "keywords" / "keywords.jsonl", out_dir=out, models=models,
+                    progress=False)
+
+
+def test_outputs_manifest_and_contact_sheets(tmp_path, gen_cfg, runtime, stage_inputs, models):
+    out = tmp_path / "generate"
+    result = run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=2)
+    assert result.generated == ["u001:2", "u002:2"] and result.skipped == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    first = records[0]
+    assert sorted(first) == ["candidates", "chosen", "contact_sheet", "image", "index", "preference_text", "sample",
+                             "soft", "split", "target", "target_text", "user_id", "weighting"]
+    assert first["sample"] == "u001:2" and first["split"] == "test" and first["soft"] is False
+    assert [c["weights"] for c in first["candidates"]] == [[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]]
+    assert [c["seed"] for c in first["candidates"]] == [[42, first["index"], k, 0] for k in range(3)]
+    assert sorted(first["candidates"][0]) == ["chosen", "d_p", "d_t", "image", "k", "m", "seed", "weights", "z"]
+    d_p, d_t = [c["d_p"] for c in first["candidates"]], [c["d_t"] for c in first["candidates"]]
+    assert first["chosen"] == select(d_p, d_t).chosen
+    assert [c["chosen"] for c in first["candidates"]] == [i == first["chosen"] for i in range(3)]
+    for c in first["candidates"]:
+        expected = 0.5 * np.log(max(c["d_p"], 1e-6)) + 0.5 * np.log(max(c["d_t"], 1e-6))
+        assert c["z"] == pytest.approx(expected, abs=1e-12)
+    assert first["image"] == "images/u001%3A2/" + f"{first['chosen']}_0.png"
+    # the images on disk are the pipeline's output for those seeds and contexts
+    example_ctx = candidate_contexts(models.encode, first["target_text"], first["preference_text"], None,
+                                     [[1, 1], [1, 2], [2, 1]], "scaling")
+    uncond = unconditional_context(models.encode, gen_settings().negative_for("stickers"))
+    expected = to_uint8(models.pipeline(example_ctx, uncond, models.pipeline.initial_latents(
+        [tuple(c["seed"]) for c in first["candidates"]])))
+    for c, image in zip(first["candidates"], expected):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / c["image"])), image)
+    sheet = Image.open(out / first["contact_sheet"])
+    assert sheet.size[0] > 8 * outputs.SHEET_TILE and sheet.mode == "RGB"  # 5 history + 3 candidates + chosen
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 2 and summary["candidates"] == 6 and sum(summary["picks_per_weight_set"].values()) == 2
+    assert not [p for p in out.rglob(".*")], "temporary files left behind"
+
+
+def test_resume_skips_finished_samples_and_drops_a_torn_line(tmp_path, gen_cfg, runtime, stage_inputs, models):
+    out = tmp_path / "generate"
+    run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=2)
+    manifest = out / "manifest.jsonl"
+    complete = manifest.read_bytes()
+    lines = complete.splitlines(keepends=True)
+    manifest.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # killed while appending the second sample
+
+    def no_build(*args):
+        raise AssertionError("models were built although nothing was left to generate")
+
+    result = run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=2)
+    assert result.generated == ["u002:2"] and result.skipped == 1
+    assert manifest.read_bytes() == complete  # same line again: generation is deterministic
+    done = generate(gen_cfg, gen_settings(max_samples=2), runtime, data_dir=stage_inputs / "data",
+                    keywords_path=stage_inputs / "keywords" / "keywords.jsonl", out_dir=out, build=no_build,
+                    progress=False)
+    assert done.generated == [] and done.skipped == 2 and done.summary["samples"] == 2
+    # more samples later: only the new one runs
+    more = run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=3)
+    assert more.generated == ["u003:2"] and len(manifest.read_text().splitlines()) == 3
+    with pytest.raises(outputs.ManifestError, match="other settings \\(a: 0.5 there, 0.7 now\\)"):
+        run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=3, a=0.7)
+    manifest.write_bytes(b"not json\n" + complete)
+    with pytest.raises(outputs.ManifestError, match="manifest.jsonl:1: not a manifest record"):
+        run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=3)
+
+
+def write_soft_checkpoint(cfg, folder: Path, seed: int, drop: str = "") -> Path:
+    """A ``soft_preference.ckpt`` as training writes it (trainable parameters, names relative to the encoder),
+    with random values; the encoder is built around an empty stand-in for the LLM (its weights are not saved)."""
+    from mindspore import nn
+
+    from research.pmg.models.soft_preference import SoftPreferenceEncoder
+
+    encoder = SoftPreferenceEncoder(nn.Cell(), cfg.models.llm, cfg.models.soft_preference, 32)
+    rng = np.random.default_rng(seed)
+    params = [{"name": n, "data": ms.Tensor(rng.normal(0, 0.5, p.shape).astype(np.float32))}
+              for n, p in encoder.parameters_and_names() if p.requires_grad and n != drop]
+    folder.mkdir(parents=True)
+    ms.save_checkpoint(params, str(folder / "soft_preference.ckpt"))
+    (folder / "meta.json").write_text('{"step": 2}')
+    return folder / "soft_preference.ckpt"
+
+
+def test_soft_preference_checkpoint_loads_strictly_and_conditions(tmp_path, gen_cfg, runtime, stage_inputs, models):
+    from research.pmg.generate.run import load_soft_checkpoint, resolve_soft_checkpoint
+    from research.pmg.models.weights import CheckpointError
+    from research.pmg.errors import PMGError
+
+    train_out = tmp_path / "train"
+    old = write_soft_checkpoint(gen_cfg, train_out / "checkpoints" / "step-000001", seed=1)
+    newest = write_soft_checkpoint(gen_cfg, train_out / "checkpoints" / "step-000002", seed=2)
+    assert resolve_soft_checkpoint(train_out) == newest == resolve_soft_checkpoint(newest.parent)
+    assert resolve_soft_checkpoint(old) == old
+    with pytest.raises(PMGError, match="no soft_preference.ckpt"):
+        resolve_soft_checkpoint(tmp_path)
+
+    built = build_models(gen_cfg, gen_settings(soft_checkpoint=str(train_out)), runtime)
+    soft = built.soft
+    saved = ms.load_checkpoint(str(newest))
+    params = dict(soft.encoder.parameters_and_names())
+    for name, value in saved.items():  # every trained parameter came from the file
+        np.testing.assert_array_equal(params[name].asnumpy(), value.asnumpy())
+    assert isinstance(built.pipeline.scheduler, type(models.pipeline.scheduler)) and built.pipeline.steps == STEPS
+
+    from research.pmg.train.dataset import render_history_prompt
+
+    prompt = render_history_prompt(["snowman", "grinning cat face"])
+    e_m = soft(prompt)
+    assert e_m.shape == (4, 32) and np.all(np.isfinite(e_m))
+    params["mm_tokens"].set_data(params["mm_tokens"] + 1.0)
+    assert np.abs(soft(prompt) - e_m).max() > 1e-3  # E_m comes from the trained tokens
+
+    missing = write_soft_checkpoint(gen_cfg, tmp_path / "bad", seed=3, drop="to_context.bias")
+    with pytest.raises(CheckpointError, match="missing \\(1\\): to_context.bias"):
+        load_soft_checkpoint(soft.encoder, missing)
+
+    # the stage with the soft embedding: context target | preference | E_m, unconditional soft slots zero
+    with_soft = GenerationModels(pipeline=models.pipeline, scorer=models.scorer, encode=models.encode, soft=soft)
+    out = tmp_path / "generate"
+    result = run_stage(gen_cfg, runtime, stage_inputs, out, with_soft, max_samples=1,
+                       soft_checkpoint=str(train_out))
+    record = json.loads((out / "manifest.jsonl").read_text())
+    assert result.generated == ["u001:2"] and record["soft"] is True
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["soft_checkpoint"] == str(newest.resolve()) and settings["models"]["llm"]["num_layers"] == 2
+
+
+def test_command_line(tmp_path, gen_cfg, stage_inputs, models, monkeypatch, capsys):
+    import shutil
+
+    from research.pmg.generate import run as run_module
+    from research.pmg.generate.__main__ import main
+
+    for name in ("data", "keywords"):
+        shutil.copytree(stage_inputs / name, tmp_path / name)
+    monkeypatch.setattr(run_module, "build_models", lambda *args: models)  # the module's compiled models
+    argv = ["--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={tmp_path}", "--steps", str(STEPS),
+            "--scheduler", "ddim", "--micro-batch", "4", "--max-samples", "1", "--no-progress"]
+    assert run(main, argv) == 0
+    out = capsys.readouterr().out
+    manifest = tmp_path / "generate" / "manifest.jsonl"
+    assert out.startswith(f"generate: 1 samples generated, 0 already done -> {manifest}")
+    assert "picks per (w_p,w_t): (1,1)" in out
+    assert run(main, argv) == 0
+    assert "0 samples generated, 1 already done" in capsys.readouterr().out
+
+    for bad, message in [(["--a", "1.5"], "generate.a: must be in [0, 1]"),
+                         (["--weight-sets", "1,x"], "--weight-sets '1,x'"),
+                         (["--weighting", "repetition", "--weight-sets", "1,1.5"], "must be whole numbers"),
+                         (["--keywords", str(tmp_path / "absent.jsonl")], "keywords file not found"),
+                         (["--splits", "test", "--data", str(tmp_path / "nodata")], "not a prepared dataset")]:
+        assert run(main, argv + bad + ["--out", str(tmp_path / "other")]) == USER_ERROR_EXIT, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "other").exists()  # failed runs write nothing
+
+
+def test_generate_config_validation():
+    GenerateConfig().validate("generate.")
+    assert GenerateConfig().num_candidates == 3
+    assert GenerateConfig().negative_for("movielens") == "broken text, unclear, twisted"
+    assert GenerateConfig(negative_prompt="").negative_for("movielens") == ""
+    for changes, message in [({"weight_sets": []}, "at least one"), ({"weight_sets": [[1, 2, 3]]}, "a pair"),
+                             ({"weight_sets": [[0, 0]]}, "not both 0"),
+                             ({"weight_sets": [[1, 1], [1.0, 1.0]]}, "twice"),
+                             ({"weighting": "repetition", "weight_sets": [[1, 0.5]]}, "whole numbers"),
+                             ({"guidance": 0.5}, "guidance"), ({"a": -0.1}, "generate.a"), ({"splits": ["dev"]}, "dev"),
+                             ({"micro_batch": 0}, "micro_batch"), ({"steps": 0}, "steps")]:
+        with pytest.raises(ConfigError, match=message):
+            GenerateConfig(**changes).validate("generate.")
