@@ -52,7 +52,9 @@ def build_train_step(loss_net: PMGDiffusionLoss, train: TrainConfig):
 
     class _Step(TrainStep):
         def forward(self, *inputs):
-            return (self.scale_loss(self.model(*inputs)),)
+            loss = self.model(*inputs)
+            # TrainStep differentiates with has_aux=True, which PyNative only accepts with 2+ outputs.
+            return self.scale_loss(loss), ops.stop_gradient(loss)
 
     params = loss_net.trainable_params()
     lr = learning_rates(train)
