@@ -11,6 +11,13 @@ from research.pmg.errors import PMGError
 USER_ERROR_EXIT = 2
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``error:`` line and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> None:
+        self.exit(USER_ERROR_EXIT, f"error: {message} (see --help)\n")
+
+
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
     """``--config FILE`` and repeatable ``--set key.path=value`` overrides."""
     parser.add_argument("--config", default=default_config, required=default_config is None,

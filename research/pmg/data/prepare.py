@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from research.pmg.config import ConfigError, load_config
+from research.pmg.cli import ArgumentParser
 from research.pmg.data.config import SCENARIOS, DataConfig, bundled_raw
 from research.pmg.data.movielens import read_movielens
 from research.pmg.data.pog import read_pog
@@ -126,13 +127,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m research.pmg.data.prepare",
+    p = ArgumentParser(prog="python -m research.pmg.data.prepare",
                 description="Turn a scenario's raw POG / MovieLens / sticker files into canonical samples "
                             "(formats: research/pmg/data/README.md).")
     p.add_argument("--config", help="PMG YAML config (scenario, runtime.output_dir, data: section)")

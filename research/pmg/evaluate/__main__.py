@@ -17,18 +17,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from research.pmg.cli import add_config_args, config_from_args, run
+from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
 from research.pmg.errors import PMGError
 from research.pmg.evaluate.config import METRICS, SPLITS, EvaluateConfig, MethodConfig
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m research.pmg.evaluate",
+    p = ArgumentParser(prog="python -m research.pmg.evaluate",
                 description="Score generated images against history and target images (LPIPS, SSIM, CLIP), "
                             "compare methods and write a report (research/pmg/evaluate/README.md).")
     add_config_args(p)

@@ -19,17 +19,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # started as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from research.pmg.cli import add_config_args, config_from_args, run  # noqa: E402
+from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
 from research.pmg.generate.config import SPLITS, GenerateConfig  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m research.pmg.generate",
+    p = ArgumentParser(prog="python -m research.pmg.generate",
                 description="Generate personalized images: K weight sets x M images per sample, the best picked "
                             "by CLIP (research/pmg/generate/README.md).")
     add_config_args(p)

@@ -18,17 +18,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # started as a script (msrun runs a file, not a module)
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from research.pmg.cli import add_config_args, config_from_args, run  # noqa: E402
+from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
 from research.pmg.keywords.config import CHAT_FORMAT_NAMES, SPLITS, KeywordsConfig  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m research.pmg.keywords",
+    p = ArgumentParser(prog="python -m research.pmg.keywords",
                 description="Extract preference and target keywords of every sample with the frozen LLM "
                             "(research/pmg/keywords/README.md).")
     add_config_args(p)

@@ -7,15 +7,14 @@ slice of every global batch and gradients are averaged (data parallel).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from research.pmg.cli import add_config_args, config_from_args, run
+from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m research.pmg.train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m research.pmg.train", description=__doc__.splitlines()[0])
     add_config_args(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
