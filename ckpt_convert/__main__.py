@@ -9,13 +9,13 @@ import argparse
 import os
 import sys
 
-from research.pmg.cli import run
+from research.pmg.cli import ArgumentParser, run
 
 DTYPES = ("keep", "fp32", "fp16", "bf16")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ckpt_convert", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ckpt_convert", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="family", required=True, metavar="{llama,sd,clip,lpips}")
 
     def common(p: argparse.ArgumentParser, src: str, dst: str, pickle: bool = True) -> None:

@@ -187,6 +187,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _named(exc, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -195,10 +197,20 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
 
 def write_synced(path: str | os.PathLike, data: bytes) -> None:
     """Write and fsync a file inside a :func:`staged_dir` folder (whose swap is the atomic step)."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _named(exc, path) from None
+
+
+def _named(exc: OSError, path: str | os.PathLike) -> OSError:
+    """A failed write (full disk, file size limit) names no file: name the one being written."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, f"{exc.strerror} while writing", str(path))
 
 
 @contextmanager

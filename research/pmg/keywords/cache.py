@@ -7,7 +7,8 @@ appended as whole lines, flushed and fsynced before the next batch starts, so a 
 the batch in flight. A crash can leave a torn last line: it is ignored on reading and cut off before the
 next append. Answers are stored raw; parsing happens on every run, so parser changes need no new LLM calls.
 
-Line format: ``{"key": <sha256 hex>, "model": <model id>, "template": <set@vN>, "text": <raw answer>}``.
+Line format: ``{"key": <sha256 hex>, "model": <model id>, "template": <set@vN>, "text": <raw answer>,
+"sum": <sha256 of text, 16 hex>}``; a line whose text fails its sum counts as torn (older lines have no sum).
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class CacheError(PMGError):
 
 def cache_key(model_id: str, template_id: str, prompt: str) -> str:
     return hashlib.sha256(json.dumps([model_id, template_id, prompt], ensure_ascii=False).encode()).hexdigest()
+
+
+def text_sum(text: str) -> str:
+    """The checksum stored with each answer, so a damaged line is dropped (and regenerated) instead of used."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class AnswerCache:
@@ -65,8 +71,8 @@ class AnswerCache:
         lines = []
         for key, model_id, template_id, text in entries:
             self.answers[key] = text
-            lines.append(json.dumps({"key": key, "model": model_id, "template": template_id, "text": text},
-                                    sort_keys=True, ensure_ascii=False) + "\n")
+            lines.append(json.dumps({"key": key, "model": model_id, "template": template_id, "text": text,
+                                     "sum": text_sum(text)}, sort_keys=True, ensure_ascii=False) + "\n")
         if lines:
             self._handle.write("".join(lines).encode("utf-8"))
             self._handle.flush()
@@ -93,6 +99,8 @@ class AnswerCache:
                     entry = json.loads(raw.decode("utf-8"))
                     key, text = entry["key"], entry["text"]
                     if not isinstance(key, str) or not isinstance(text, str):
+                        raise TypeError
+                    if "sum" in entry and entry["sum"] != text_sum(text):  # damaged: asked again, never used
                         raise TypeError
                 except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                     self.torn_lines += 1

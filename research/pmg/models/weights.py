@@ -33,6 +33,9 @@ def load_checkpoint_into(cell: nn.Cell, path: str | Path, *, what: str, allow_mi
     if not path.is_file():
         raise CheckpointError(f"{what} checkpoint not found: {path}")
     fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
+    from research.pmg.integrity import verify_sidecar
+
+    verify_sidecar(path, what=f"{what} checkpoint")  # a file changed since it was written is never loaded
     try:
         loaded = ms.load_checkpoint(str(path), format=fmt)
     except (RuntimeError, ValueError, OSError) as exc:

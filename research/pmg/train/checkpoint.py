@@ -16,6 +16,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import nn
 
+from research.pmg.integrity import write_sidecar
 from research.pmg.models.weights import load_checkpoint_into
 
 STATE_FILE = "train_state.ckpt"
@@ -38,6 +39,8 @@ def save_train_checkpoint(folder: Path, step_cell: nn.Cell, encoder: nn.Cell, fr
     ms.save_checkpoint(state, str(tmp / STATE_FILE))
     soft = [{"name": n, "data": p} for n, p in encoder.parameters_and_names() if p.requires_grad]
     ms.save_checkpoint(soft, str(tmp / SOFT_FILE))
+    for name in (STATE_FILE, SOFT_FILE):  # checksums: a damaged checkpoint is reported, never loaded
+        write_sidecar(tmp / name)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
     for path in tmp.iterdir():
         with open(path, "rb") as handle:

@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from research.pmg.errors import PMGError
+from research.pmg.integrity import sha256_file
 
 CACHE_VERSION = 2  # 2: transparent pixels composited over white
 
@@ -98,6 +100,9 @@ def build_arrays(examples: list[Example], cache_dir: Path, fingerprint: dict, *,
     if not examples:
         raise PMGError("no training examples: the prepared dataset has no samples with keywords")
     folder = cache_dir / f"train-{cache_key(examples, fingerprint)}"
+    if (folder / "index.json").is_file() and not _cache_intact(folder):  # damaged: rebuilt, never loaded
+        print(f"warning: {folder}: cached arrays do not match their checksums; rebuilding them", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "index.json").is_file():
         tmp = cache_dir / f".{folder.name}.{os.getpid()}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -111,7 +116,8 @@ def build_arrays(examples: list[Example], cache_dir: Path, fingerprint: dict, *,
         for name, value in arrays.items():
             np.save(tmp / f"{name}.npy", value)
         index = {"sample_ids": [ex.sample_id for ex in examples], "splits": [ex.split for ex in examples],
-                 "fingerprint": fingerprint, "version": CACHE_VERSION}
+                 "fingerprint": fingerprint, "version": CACHE_VERSION,
+                 "sha256": {name: sha256_file(tmp / f"{name}.npy") for name in arrays}}
         (tmp / "index.json").write_text(json.dumps(index, sort_keys=True))
         try:
             os.replace(tmp, folder)
@@ -122,6 +128,15 @@ def build_arrays(examples: list[Example], cache_dir: Path, fingerprint: dict, *,
     return TrainingArrays(sample_ids=index["sample_ids"], splits=index["splits"], prompt_ids=load("prompt_ids"),
                           latent_moments=load("latent_moments"), target_ctx=load("target_ctx"),
                           pref_ctx=load("pref_ctx"))
+
+
+def _cache_intact(folder: Path) -> bool:
+    """Every cached array still has the checksum recorded when it was written (caches without any are trusted)."""
+    try:
+        sums = json.loads((folder / "index.json").read_text()).get("sha256", {})
+        return all(sha256_file(folder / f"{name}.npy") == digest for name, digest in sums.items())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def batch_indices(n: int, step: int, micro: int, grad_accum: int, global_batch: int, seed: int) -> np.ndarray:
@@ -150,6 +165,18 @@ def step_noise(shape: tuple[int, ...], num_timesteps: int, step: int, micro: int
     timesteps = rng.integers(0, num_timesteps, size=shape[0]).astype(np.int32)
     latent_eps = rng.standard_normal(shape).astype(np.float32)
     return noise, timesteps, latent_eps
+
+
+def negative_rows(rows: np.ndarray, pool: np.ndarray, shape: tuple[int, ...], step: int, micro: int, seed: int,
+                  stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """For the negative-item term: per row, another row of ``pool`` (never itself when the pool has two or more),
+    and the latent-sampling noise of those negatives ``shape``. A function of the step, like :func:`step_noise`
+    (a stream of its own, so turning the term on changes none of the other draws)."""
+    rng = np.random.default_rng([seed, stream, step, micro, 1])
+    pool = np.asarray(pool)
+    where = np.searchsorted(pool, rows)
+    offsets = rng.integers(1, max(len(pool), 2), size=len(rows))
+    return pool[(where + offsets) % len(pool)], rng.standard_normal(shape).astype(np.float32)
 
 
 def sample_latents(moments: np.ndarray, eps: np.ndarray, scaling: float) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""The last stage: ``<output_dir>/report.md``, one page over every stage's own summary files (nothing recomputed)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from research.pmg.config import PMGConfig
+from research.pmg.data.records import write_atomic
+from research.pmg.keywords.records import summary_path
+from research.pmg.pipeline.stages import STAGE_NAMES, Paths
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_train_record(path: Path) -> dict[str, Any]:
+    last, last_eval = {}, None
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                last = json.loads(line)
+                last_eval = last.get("eval_loss", last_eval)
+    return {**last, "eval_loss": last_eval}
+
+
+def render(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path: str) -> str:
+    data = _json(paths.data / "summary.json")
+    keywords = _json(summary_path(paths.keywords))
+    generated = _json(paths.generate / "summary.json")
+    train = _last_train_record(paths.train / "train_log.jsonl")
+    lines = [f"# PMG pipeline report: {cfg.scenario}", "",
+             f"- config: `{config_path}`; output folder: `{paths.root}`",
+             f"- device {cfg.runtime.device}, mode {cfg.runtime.mode}, precision {cfg.runtime.precision}, "
+             f"seed {cfg.runtime.seed}", "", "## Stages", "", "| stage | seconds (last run) | output |",
+             "|---|---|---|"]
+    outputs = {"prepare": paths.data, "keywords": paths.keywords, "train": paths.train / "checkpoints",
+               "generate": paths.generate, "evaluate": paths.evaluate}
+    for name in STAGE_NAMES[:-1]:
+        lines.append(f"| {name} | {timings.get(name, 0.0):.1f} | `{_short(outputs[name], paths.root)}` |")
+    counts = data.get("counts", {})
+    lines += ["", "## Data", "",
+              f"{counts.get('samples', '?')} samples of {counts.get('users', '?')} users over "
+              f"{counts.get('items', '?')} items (train {counts.get('train', '?')}, valid {counts.get('valid', '?')}, "
+              f"test {counts.get('test', '?')})"]
+    kc = keywords.get("counts", {})
+    lines += ["", "## Keywords", "",
+              f"{kc.get('samples', '?')} samples: ok {kc.get('ok', '?')}, partial {kc.get('partial', '?')}, "
+              f"failed {kc.get('failed', '?')} (model `{keywords.get('model_id', '?')}`)"]
+    if kc.get("samples") and kc.get("failed") == kc.get("samples"):
+        lines.append("(every answer unparseable: expected of a random-init LLM; real weights give keywords)")
+    lines += ["", "## Training", ""]
+    if train:
+        eval_loss = train.get("eval_loss")
+        lines.append(f"{train.get('step', '?')} steps; last loss {train.get('loss', float('nan')):.4f}"
+                     + (f", held-out loss {eval_loss:.4f}" if eval_loss is not None else ""))
+    if generated:
+        chosen = generated.get("chosen_mean", {})
+        lines += ["", "## Generation", "",
+                  f"{generated.get('samples', '?')} samples, {generated.get('candidates', '?')} candidates; chosen: "
+                  + ", ".join(f"mean {k} {v:.4f}" for k, v in chosen.items() if v is not None)
+                  + "; picks per (w_p,w_t): " + ", ".join(f"({k}) {v}" for k, v in
+                                                          generated.get("picks_per_weight_set", {}).items())]
+    results = paths.evaluate / "results.md"
+    if results.is_file():
+        body = results.read_text(encoding="utf-8").splitlines()
+        lines += ["", "## Evaluation", "", f"From `{_short(results, paths.root)}` (gallery: "
+                  f"`{_short(paths.evaluate / 'gallery.html', paths.root)}`):", ""]
+        lines += [("#" + line) if line.startswith("#") else line for line in body[1:]]
+    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines += ["", f"_Written {written} by `python -m research.pmg.pipeline`._", ""]
+    return "\n".join(lines)
+
+
+def write_report(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path: str) -> Path:
+    write_atomic(paths.report, render(cfg, paths, timings, config_path))
+    return paths.report
+
+
+def _short(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

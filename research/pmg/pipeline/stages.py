@@ -1,0 +1,141 @@
+"""The pipeline's stages: what each runs, which settings and inputs its outputs depend on, and what it writes.
+
+A stage's *key* is a hash of the config values it reads (paths that only wire stages together left out)
+and of the digests of its input stages' outputs, so changing ``generate.steps`` re-runs generation and
+evaluation but not training, and re-preparing data that comes out byte-identical re-runs nothing after it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from research.pmg.config import PMGConfig
+from research.pmg.data.config import bundled_raw
+from research.pmg.keywords.records import summary_path
+
+RUNTIME_KEYS = ("device", "mode", "precision", "seed")  # what changes numbers; not paths, threads or device id
+STAGE_NAMES = ("prepare", "keywords", "train", "generate", "evaluate", "report")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every stage reads and writes, resolved as the stages resolve them (relative to the working dir)."""
+
+    root: Path  # runtime.output_dir
+    data: Path
+    keywords: Path  # the keywords file
+    train: Path
+    generate: Path
+    evaluate: Path
+    report: Path
+    state: Path  # stamps, lock
+    logs: Path  # one log per stage
+
+    @classmethod
+    def of(cls, cfg: PMGConfig) -> Paths:
+        root = Path(cfg.runtime.output_dir).resolve()
+        log_dir = Path(cfg.runtime.log_dir).resolve() if cfg.runtime.log_dir else root / "log"
+        keywords = Path(cfg.keywords.out).resolve() if cfg.keywords.out else root / "keywords" / "keywords.jsonl"
+        return cls(root=root, data=Path(cfg.data.out).resolve() if cfg.data.out else root / "data", keywords=keywords,
+                   train=root / "train",
+                   generate=Path(cfg.generate.out).resolve() if cfg.generate.out else root / "generate",
+                   evaluate=Path(cfg.evaluate.out).resolve() if cfg.evaluate.out else root / "evaluate",
+                   report=root / "report.md", state=root / "pipeline", logs=log_dir / "pipeline")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # ``python -m <module>``; "" for the report, written by the pipeline itself
+    inputs: tuple[str, ...]
+    settings: Callable[[PMGConfig], dict[str, Any]]  # the config values its outputs depend on
+    outputs: Callable[[Paths], list[Path]]  # files or folders whose files are checksummed in the stamp
+    owned: Callable[[Paths], list[Path]] = lambda paths: []  # resumable outputs, set aside when out of date
+    distributed: bool = False  # runs under msrun with --nproc > 1
+    extra_args: Callable[[Paths], list[str]] = lambda paths: []
+
+    @property
+    def script(self) -> Path:
+        """The file msrun starts (it runs files, not modules)."""
+        return Path(__file__).resolve().parents[3] / Path(*self.module.split(".")) / "__main__.py"
+
+
+def _section(cfg: PMGConfig, name: str, *drop: str) -> dict[str, Any]:
+    values = dataclasses.asdict(getattr(cfg, name))
+    for key in drop:
+        values.pop(key, None)
+    return values
+
+
+def _runtime(cfg: PMGConfig) -> dict[str, Any]:
+    return {key: getattr(cfg.runtime, key) for key in RUNTIME_KEYS}
+
+
+def raw_fingerprint(cfg: PMGConfig) -> list:
+    """Names, sizes and modification times of the raw input files (cheap; contents are the prepare stage's job)."""
+    roots = [Path(cfg.data.raw) if cfg.data.raw else bundled_raw(cfg.scenario)]
+    if cfg.data.images:
+        roots.append(Path(cfg.data.images))
+    out = []
+    for root in roots:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.exists() else []
+        out.append([str(root.resolve()), [[str(p.relative_to(root)) if p != root else p.name, p.stat().st_size,
+                                           p.stat().st_mtime_ns] for p in files]])
+    return out
+
+
+def _models(cfg: PMGConfig, *names: str) -> dict[str, Any]:
+    return {name: dataclasses.asdict(getattr(cfg.models, name)) for name in names}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "research.pmg.data.prepare", (),
+          settings=lambda c: {"scenario": c.scenario, "data": _section(c, "data", "out"), "raw": raw_fingerprint(c)},
+          outputs=lambda p: [p.data]),
+    Stage("keywords", "research.pmg.keywords", ("prepare",),
+          settings=lambda c: {"scenario": c.scenario, "keywords": _section(c, "keywords", "data", "out", "cache"),
+                              "models": _models(c, "llm"), "runtime": _runtime(c)},
+          outputs=lambda p: [p.keywords, summary_path(p.keywords)], distributed=True),
+    Stage("train", "research.pmg.train", ("prepare", "keywords"),
+          settings=lambda c: {"scenario": c.scenario, "train": _section(c, "train", "keywords"),
+                              "models": _models(c, "llm", "soft_preference", "diffusion"), "runtime": _runtime(c)},
+          outputs=lambda p: [p.train / "checkpoints"], owned=lambda p: [p.train], distributed=True,
+          extra_args=lambda p: ["--resume"]),
+    Stage("generate", "research.pmg.generate", ("prepare", "keywords", "train"),
+          settings=lambda c: {"scenario": c.scenario, "generate": _section(c, "generate", "data", "keywords", "out"),
+                              "models": _models(c, "llm", "soft_preference", "diffusion", "clip"),
+                              "runtime": _runtime(c)},
+          outputs=lambda p: [p.generate], owned=lambda p: [p.generate]),
+    Stage("evaluate", "research.pmg.evaluate", ("prepare", "keywords", "generate"),
+          settings=lambda c: {"scenario": c.scenario, "evaluate": _section(c, "evaluate", "data", "keywords", "out"),
+                              "models": _models(c, "clip"), "runtime": _runtime(c)},
+          outputs=lambda p: [p.evaluate], extra_args=lambda p: ["--run-methods"]),
+    Stage("report", "", ("prepare", "keywords", "train", "generate", "evaluate"),
+          settings=lambda c: {}, outputs=lambda p: [p.report]),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def wiring(cfg: PMGConfig, paths: Paths) -> list[str]:
+    """``--set`` overrides that make every stage read what the one before it wrote (only where the config is silent)."""
+    out = []
+    if not cfg.train.keywords:
+        out.append(f"train.keywords={paths.keywords}")
+    if not cfg.generate.keywords:
+        out.append(f"generate.keywords={paths.keywords}")
+    if not cfg.evaluate.keywords:
+        out.append(f"evaluate.keywords={paths.keywords}")
+    if not cfg.generate.soft_checkpoint:
+        out.append(f"generate.soft_checkpoint={paths.train}")
+    return out
+
+
+def stage_key(stage: Stage, cfg: PMGConfig, input_digests: dict[str, str]) -> str:
+    """Hash of the stage's settings and its inputs' output digests: equal keys, equal outputs."""
+    payload = {"stage": stage.name, "settings": stage.settings(cfg),
+               "inputs": {name: input_digests[name] for name in stage.inputs}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

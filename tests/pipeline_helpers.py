@@ -1,0 +1,83 @@
+"""Running the whole pipeline in tests: a fast variant of the default config, and one shared reference run.
+
+The reference run (uninterrupted, made once per session by whichever test module asks first) is moved to
+``<base>/reference`` when done, so that other runs can be made at its original path ``<base>/run``: outputs
+that record absolute paths (keyword provenance, the generation settings) then compare byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.tiny_models import REPO
+
+CONFIG = REPO / "configs" / "tiny_pipeline.yaml"
+STAGES = ("prepare", "keywords", "train", "generate", "evaluate", "report")
+COMPARED = STAGES[:-1]  # the report records timings and the date, so it differs between runs by design
+# Small enough for a test, big enough that every stage has work to interrupt (several keyword batches,
+# checkpoints at steps 2 and 4, three test samples to generate).
+FAST = ("data.max_users=3", "keywords.max_new_tokens=8", "train.max_steps=4", "train.warmup_steps=1",
+        "train.save_every=2", "train.eval_every=0", "train.eval_batches=1", "generate.steps=2",
+        "evaluate.bootstrap_samples=200", "evaluate.permutations=200")
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def command(root: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    args = [sys.executable, "-m", "research.pmg.pipeline", "--config", str(CONFIG),
+            "--set", f"runtime.output_dir={root}"]
+    for item in (*FAST, *overrides):
+        args += ["--set", item]
+    return [*args, *extra]
+
+
+def run_pipeline(root: Path, *extra: str, overrides: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command(root, *extra, overrides=overrides), cwd=root.parent, env=env(),
+                          capture_output=True, text=True, timeout=1200, **kwargs)
+
+
+def stamps(root: Path) -> dict[str, dict]:
+    out = {}
+    for stage in STAGES:
+        path = root / "pipeline" / f"{stage}.json"
+        if path.is_file():
+            out[stage] = json.loads(path.read_text())
+    return out
+
+
+def digests(root: Path) -> dict[str, str]:
+    """The output digest of every compared stage (all must be done)."""
+    found = stamps(root)
+    assert all(found.get(s, {}).get("state") == "done" for s in COMPARED), {s: found.get(s) for s in COMPARED}
+    return {stage: found[stage]["digest"] for stage in COMPARED}
+
+
+_SHARED: dict[str, object] = {}
+
+
+def reference_run(tmp_path_factory) -> dict[str, object]:
+    """``{"base", "path", "proc", "seconds"}`` of the one uninterrupted run of this session."""
+    if not _SHARED:
+        base = tmp_path_factory.mktemp("pipeline")
+        root = base / "run"
+        start = time.time()
+        proc = run_pipeline(root)
+        seconds = time.time() - start
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        os.replace(root, base / "reference")
+        _SHARED.update(base=base, path=base / "reference", proc=proc, seconds=seconds)
+    return _SHARED
+
+
+def copy_reference(reference: dict, name: str) -> Path:
+    """A private copy of the reference run at ``<base>/<name>``."""
+    target = Path(reference["base"]) / name
+    shutil.copytree(reference["path"], target, symlinks=True)
+    return target
