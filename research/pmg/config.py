@@ -190,6 +190,9 @@ class TrainConfig:
     target_weight: float = 1.0  # w_t
     preference_weight: float = 1.0  # w_p
     soft_weight: float = 1.0  # w_s
+    # Negative-item term (off at 0): w * softplus(target error - error on another sample's target), see
+    # research.pmg.train.step.PMGDiffusionLoss
+    negative_weight: float = 0.0
     keywords: str = ""  # keywords JSONL from the keywords stage; "" = <output_dir>/keywords/keywords.jsonl
     eval_every: int = 100  # steps between held-out losses; 0 = only at the end
     eval_batches: int = 4
@@ -207,6 +210,7 @@ class TrainConfig:
         _check(self.grad_accum_steps > 0, where, "grad_accum_steps", "must be > 0")
         _check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
         _check(self.initial_loss_scale > 0, where, "initial_loss_scale", "must be > 0")
+        _check(self.negative_weight >= 0, where, "negative_weight", "must be >= 0 (0 = off)")
         for name in ("eval_every", "save_every", "eval_batches", "log_every"):
             _check(getattr(self, name) >= 0, where, name, "must be >= 0")
         _check(self.keep_last > 0, where, "keep_last", "must be > 0")

@@ -40,7 +40,7 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
     from research.pmg.models.conditioning import encode_texts
     from research.pmg.models.soft_preference import SoftPreferenceEncoder
     from research.pmg.models.tokenizers import load_llama_tokenizer
-    from research.pmg.train.step import PMGDiffusionLoss, build_train_step, learning_rates
+    from research.pmg.train.step import PMGDiffusionLoss, WorkerMeanLoss, build_train_step, learning_rates
 
     from research.pmg.runtime import seed_everything
 
@@ -82,5 +82,5 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
     return Trainer(cfg=cfg, runtime=runtime, arrays=arrays, encoder=encoder, loss_net=loss_net, step_cell=step_cell,
                    scheduler_steps=int(scheduler.config.num_train_timesteps),
                    vae_scaling=float(sd.vae.config.scaling_factor), learning_rates=learning_rates(cfg.train),
-                   rank=rank, world=world)
+                   rank=rank, world=world, eval_net=WorkerMeanLoss(loss_net))
 

@@ -46,23 +46,35 @@ class Trainer:
     learning_rates: np.ndarray
     rank: int = 0
     world: int = 1
+    eval_net: object = None  # loss_net averaged over the workers (step.WorkerMeanLoss); None: loss_net
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
         return ("model.encoder.llama.", "model.unet.")
 
-    def _inputs(self, rows: np.ndarray, step: int, micro: int, stream: int):
-        """Model inputs for this rank's slice of the global micro-batch ``rows``."""
+    def _inputs(self, rows: np.ndarray, step: int, micro: int, stream: int, pool: np.ndarray | None = None):
+        """Model inputs for this rank's slice of the global micro-batch ``rows``.
+
+        With ``train.negative_weight`` > 0 a seventh input holds negative latents: per row, the target of
+        another row of ``pool`` (the split the rows come from), drawn as a function of the step.
+        """
         a = self.arrays
+        seed = self.cfg.runtime.seed
         moments = np.asarray(a.latent_moments)[rows]
         shape = (len(rows), moments.shape[1] // 2) + moments.shape[2:]
-        noise, timesteps, eps = ds.step_noise(shape, self.scheduler_steps, step, micro, self.cfg.runtime.seed, stream)
+        noise, timesteps, eps = ds.step_noise(shape, self.scheduler_steps, step, micro, seed, stream)
         latents = ds.sample_latents(moments, eps, self.vae_scaling)
         per_rank = len(rows) // self.world
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         take = lambda arr: ms.Tensor(np.ascontiguousarray(np.asarray(arr)[mine]))  # noqa: E731
-        return (take(np.asarray(a.prompt_ids)[rows]), take(latents), take(np.asarray(a.target_ctx)[rows]),
-                take(np.asarray(a.pref_ctx)[rows]), take(noise), take(timesteps))
+        inputs = (take(np.asarray(a.prompt_ids)[rows]), take(latents), take(np.asarray(a.target_ctx)[rows]),
+                  take(np.asarray(a.pref_ctx)[rows]), take(noise), take(timesteps))
+        if self.cfg.train.negative_weight > 0:
+            negatives, neg_eps = ds.negative_rows(rows, self.arrays.indices("train") if pool is None else pool,
+                                                  shape, step, micro, seed, stream)
+            neg = ds.sample_latents(np.asarray(a.latent_moments)[negatives], neg_eps, self.vae_scaling)
+            inputs += (take(neg),)
+        return inputs
 
     def eval_loss(self) -> float | None:
         """Mean loss over fixed held-out batches (same noise every time, so values are comparable)."""
@@ -73,7 +85,8 @@ class Trainer:
         losses = []
         for k in range(self.cfg.train.eval_batches or 1):
             batch = rows[np.resize(np.arange(k * global_batch, (k + 1) * global_batch), global_batch) % len(rows)]
-            losses.append(float(self.loss_net(*self._inputs(batch, k, 0, stream=1)).asnumpy()))
+            inputs = self._inputs(batch, k, 0, stream=1, pool=rows)
+            losses.append(float((self.eval_net or self.loss_net)(*inputs).asnumpy()))
         return float(np.mean(losses))
 
     def run(self, out: Path, resume: bool, progress: bool = True, stop_after: int | None = None) -> TrainResult:
@@ -101,7 +114,8 @@ class Trainer:
             for micro in range(train.grad_accum_steps):
                 rows = rows_train[ds.batch_indices(len(rows_train), step, micro, train.grad_accum_steps, global_batch,
                                                    self.cfg.runtime.seed)]
-                loss = float(self.step_cell(*self._inputs(rows, step, micro, stream=0))[0].asnumpy())
+                # [1]: the loss averaged over the workers, not divided by grad_accum_steps (see build_train_step)
+                loss = float(self.step_cell(*self._inputs(rows, step, micro, stream=0))[1].asnumpy())
                 if not math.isfinite(loss):
                     raise NonFiniteLoss(f"loss is {loss} at step {step + 1}; stopped. Last good checkpoint: "
                                         f"{result.last_checkpoint or 'none'}")

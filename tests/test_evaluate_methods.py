@@ -1,0 +1,162 @@
+"""Baselines from config, for real: train -> generate -> ``evaluate --run-methods`` with the tiny models.
+
+The four methods of the paper's comparison (no personalization, keywords only, soft embedding only, full PMG)
+are the ``evaluate:`` section of a config; ``--run-methods`` trains and generates what is missing, then scores
+every method. Keywords come from the sample's metadata (standing in for the LLM stage, tested elsewhere).
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from research.pmg.config import load_config
+from research.pmg.evaluate.config import EvaluateConfig
+from research.pmg.evaluate.methods import plan_methods, read_images
+from tests.tiny_models import REPO, TINY_CONFIG
+
+METHODS = ["no_personalization", "keywords_only", "soft_only", "pmg"]
+# The paper's baselines as configured in research/pmg/evaluate/README.md (kept in step with it by this test).
+CONFIG = """\
+base: {tiny}
+runtime:
+  output_dir: {root}
+train:
+  max_steps: 2
+  warmup_steps: 1
+  lr: 0.01
+  save_every: 0
+  eval_every: 0
+  eval_batches: 1
+generate:
+  steps: 2
+  max_samples: 1
+  weight_sets: [[1, 1]]
+  contact_sheets: false
+evaluate:
+  metrics: [ssim]
+  max_samples: 1
+  bootstrap_samples: 100
+  permutations: 100
+  baseline: no_personalization
+  run_overrides: ["generate.soft_checkpoint={{run_dir}}/train"]
+  methods:
+    - {{name: no_personalization, overrides: ["generate.preference_keywords=false", "generate.soft_checkpoint="]}}
+    - {{name: keywords_only, overrides: ["generate.soft_checkpoint="]}}
+    - {{name: soft_only, overrides: ["train.conditioning=soft_only", "generate.preference_keywords=false"]}}
+    - {{name: pmg}}
+"""
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def _stage(stage: str, config: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", f"research.pmg.{stage}", "--config", str(config), "--no-progress",
+                           *args], env=_env(), cwd=config.parent, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"{stage} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """The main run: prepared sticker sample, metadata keywords, 2 training steps, PMG images of 1 test sample."""
+    from research.pmg.data.config import DataConfig
+    from research.pmg.data.prepare import prepare
+    from research.pmg.data.records import load_prepared
+
+    root = tmp_path_factory.mktemp("methods")
+    run = root / "run"
+    prepare("stickers", DataConfig(), output_dir=str(run), progress=False)
+    data = load_prepared(run / "data")
+    (run / "keywords").mkdir()
+    lines = [{"id": s.id, "user_id": s.user_id, "target": s.target, "status": "ok",
+              "preference_keywords": sorted({k for h in s.history for k in data.items[h].keywords})[:8] or ["x"],
+              "target_keywords": list(data.items[s.target].keywords) or ["x"]} for s in data.samples]
+    (run / "keywords" / "keywords.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    config = root / "methods.yaml"
+    config.write_text(CONFIG.format(tiny=TINY_CONFIG, root=run))
+    _stage("train", config)
+    _stage("generate", config, "--soft-checkpoint", str(run / "train"))
+    return root, config, run
+
+
+def test_four_methods_run_end_to_end_and_differ_where_they_must(main_run):
+    root, config, run = main_run
+    out = _stage("evaluate", config, "--run-methods")
+    for name in METHODS:
+        assert f"  {name} (n=1" in out, out
+    methods = {name: read_images(run / "methods" / name / "generate" / "manifest.jsonl" if name != "pmg"
+                                 else run / "generate" / "manifest.jsonl") for name in METHODS}
+    assert all(len(images) == 1 for images in methods.values()), methods
+    (sample,) = methods["pmg"]
+    images = {name: _pixels(found[sample]) for name, found in methods.items()}
+    # Only soft_only retrains; the others link the main run's training (or use none).
+    assert (run / "methods" / "soft_only" / "train" / "checkpoints").is_dir()
+    assert not (run / "methods" / "soft_only" / "train").is_symlink()
+    assert (run / "methods" / "no_personalization" / "train").is_symlink()
+    for a, b in [("no_personalization", "keywords_only"), ("no_personalization", "soft_only"),
+                 ("keywords_only", "pmg"), ("soft_only", "pmg")]:
+        assert not np.array_equal(images[a], images[b]), f"{a} and {b} made the same image"
+    with open(run / "evaluate" / "results.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert sorted({row["method"] for row in table}) == sorted(METHODS)
+    assert all(row["n"] == "1" and np.isfinite(float(row["mean"])) for row in table)
+    comparison = (run / "evaluate" / "comparison.csv").read_text()
+    assert all(f"{name},no_personalization," in comparison for name in METHODS[1:])
+
+    # Another soft checkpoint in the main run changes full PMG's image only: no_personalization, regenerated by
+    # --run-methods, makes the same image byte for byte (it never loads a soft checkpoint).
+    before = {name: images[name] for name in ("no_personalization", "pmg")}
+    old_soft = next((run / "train" / "checkpoints").iterdir()) / "soft_preference.ckpt"
+    old_soft = old_soft.read_bytes()
+    _stage("train", config, "--set", "train.lr=0.05", "--set", "train.max_steps=1", "--set",
+           f"runtime.output_dir={root / 'other'}", "--set", f"data.out={run / 'data'}", "--set",
+           f"train.keywords={run / 'keywords' / 'keywords.jsonl'}", "--set", f"runtime.cache_dir={run / 'cache'}")
+    shutil.rmtree(run / "train")
+    shutil.copytree(root / "other" / "train", run / "train")
+    assert next((run / "train" / "checkpoints").iterdir()).joinpath("soft_preference.ckpt").read_bytes() != old_soft
+    shutil.rmtree(run / "methods" / "no_personalization" / "generate")
+    shutil.rmtree(run / "generate")
+    _stage("generate", config, "--soft-checkpoint", str(run / "train"))
+    out = _stage("evaluate", config, "--run-methods", "--out", str(root / "evaluate-2"))
+    assert "[no_personalization]" in out and "[keywords_only]" not in out  # only the deleted run was redone
+    for name, image in before.items():
+        path = read_images(run / "methods" / name / "generate" / "manifest.jsonl" if name != "pmg"
+                           else run / "generate" / "manifest.jsonl")[sample]
+        same = np.array_equal(_pixels(path), image)
+        assert same == (name != "pmg"), f"{name}: image {'unchanged' if same else 'changed'} with a new soft checkpoint"
+
+
+def test_sweeps_of_s_l_a_and_weight_sets_plan_the_right_runs(tmp_path):
+    """S and L retrain (their own soft checkpoints); a and the weight sets only regenerate with the main run's."""
+    ecfg = EvaluateConfig(metrics=["ssim"], run_overrides=["generate.soft_checkpoint={run_dir}/train"], sweep={
+        "models.soft_preference.prefix_len": [2], "models.soft_preference.num_mm_tokens": [2],
+        "generate.a": [0.8], "generate.weight_sets": [[[1, 1]], [[1, 2], [2, 1]]]})
+    ecfg.validate("evaluate.")
+    plans = {p.name: p for p in plan_methods(ecfg, output_dir=tmp_path, config=str(TINY_CONFIG), overrides=[])}
+    assert list(plans) == ["pmg", "prefix_len=2", "num_mm_tokens=2", "a=0.8", "weight_sets=_1_1",
+                           "weight_sets=_1_2_2_1"]
+    for name, retrains in [("prefix_len=2", True), ("num_mm_tokens=2", True), ("a=0.8", False),
+                           ("weight_sets=_1_2_2_1", False)]:
+        plan = plans[name]
+        assert plan.retrains == retrains
+        assert [c[2] for c in plan.commands] == (["research.pmg.train"] if retrains else []) + ["research.pmg.generate"]
+        settings = [c for c in plan.commands[-1] if "=" in c]
+        cfg = load_config(TINY_CONFIG, settings)
+        assert cfg.generate.soft_checkpoint == str(plan.run_dir / "train")
+    assert load_config(TINY_CONFIG, [c for c in plans["weight_sets=_1_2_2_1"].commands[-1] if "=" in c]) \
+        .generate.weight_sets == [[1, 2], [2, 1]]
+    assert load_config(TINY_CONFIG, [c for c in plans["prefix_len=2"].commands[0] if "=" in c]) \
+        .models.soft_preference.prefix_len == 2
