@@ -254,13 +254,24 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     ``path=None`` gives the defaults (Llama-2-7B / SD sizes). Relative model and data paths in the file
     stay relative to the working directory, as users type them on the command line.
     """
+    cfg = load_dataclass_config(PMGConfig, path, overrides)
+    cfg.validate()
+    return cfg
+
+
+def load_dataclass_config(cls: type, path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()):
+    """Load a YAML file into the dataclass ``cls`` with the same rules as :func:`load_config`.
+
+    For configs other than :class:`PMGConfig` (the mini-model trainers): ``base:`` files, ``key.path=value``
+    overrides, unknown fields and wrong types named with the file, each section's ``validate`` run. ``cls``
+    needs a ``source`` field (marked ``metadata={"internal": True}``), which gets the file name.
+    """
     source = str(path) if path is not None else "<defaults>"
     raw = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         _apply_override(raw, item, source)
-    cfg = _build(PMGConfig, raw, source, prefix="")
+    cfg = _build(cls, raw, source, prefix="")
     cfg.source = source
-    cfg.validate()
     return cfg
 
 

