@@ -1,0 +1,197 @@
+"""Configs of the PMG-mini image trainers (``configs/mini/clip.yaml``, ``configs/mini/sd.yaml``), validated at load.
+
+They reuse the project's loader (``base:`` files, ``--set`` overrides, unknown keys and bad values named with the
+file and field) and its ``runtime`` section; everything else is specific to training the mini models, so it
+lives here and not in :mod:`research.pmg.config`. Defaults live here and nowhere else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from research.pmg.config import (ConfigError, RuntimeConfig, SchedulerConfig, TrainConfig, _apply_override, _build,
+                                 _check, _read_yaml)
+from research.pmg.data.sticker_set import THEMES
+
+
+@dataclass
+class StickerImagesConfig:
+    """The image/caption set: every single-code-point Twemoji of ``themes`` (see ``research.pmg.data.sticker_set``)."""
+
+    image_size: int = 32  # pixels; read as evaluation reads images (over white, centre crop, bicubic)
+    themes: list[str] = field(default_factory=lambda: list(THEMES))
+
+    def validate(self, where: str) -> None:
+        _check(self.image_size >= 8, where, "image_size", "must be >= 8")
+        _check(bool(self.themes), where, "themes", "must name at least one theme")
+        for theme in self.themes:
+            _check(theme in THEMES, where, "themes", f"{theme!r} is not one of {list(THEMES)}")
+
+
+@dataclass
+class OptimConfig:
+    """One optimisation run: AdamW, linear warm-up then cosine decay, clipping; batches are seeded by the step."""
+
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_steps: int = 500
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global norm; 0 disables clipping
+    save_every: int = 100  # steps between checkpoints (and always at the end)
+    keep_last: int = 2
+    log_every: int = 20
+
+    def validate(self, where: str) -> None:
+        _check(self.batch_size > 1, where, "batch_size", "must be > 1")
+        _check(self.max_steps > 0, where, "max_steps", "must be > 0")
+        _check(self.save_every > 0, where, "save_every", "must be > 0")
+        _check(self.log_every > 0, where, "log_every", "must be > 0")
+        self.as_train_config().validate(where)  # lr, weight decay, warm-up, clipping, keep_last
+
+    def as_train_config(self) -> TrainConfig:
+        """The project's train section with these values (for its LR schedule and jitted train step)."""
+        return TrainConfig(batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
+                           grad_clip=self.grad_clip, keep_last=self.keep_last, save_every=self.save_every,
+                           log_every=self.log_every)
+
+
+@dataclass
+class MiniTokenizerConfig:
+    """The CLIP BPE tokenizer shared by CLIP-mini and the mini SD text encoder (captions + bundled corpus)."""
+
+    vocab_size: int = 1000
+    caption_repeats: int = 4  # captions are repeated in the BPE corpus so caption words become whole tokens
+
+    def validate(self, where: str) -> None:
+        _check(self.vocab_size >= 600, where, "vocab_size", "must be >= 600 (514 byte symbols + merges)")
+        _check(self.caption_repeats > 0, where, "caption_repeats", "must be > 0")
+
+
+@dataclass
+class ClipModelConfig:
+    """CLIPModel architecture (keyword arguments of transformers' CLIPTextConfig / CLIPVisionConfig).
+
+    ``text_config`` must not set ``vocab_size``, ``bos_token_id`` or ``eos_token_id``: they come from the tokenizer.
+    """
+
+    projection_dim: int = 64
+    # log of the fixed contrastive temperature's inverse (CLIP learns it; MindSpore's fused AdamWeightDecay
+    # cannot update a 0-d parameter, and a fixed one is as good at this size)
+    logit_scale: float = 3.4
+    text_config: dict[str, Any] = field(default_factory=dict)
+    vision_config: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        _check(self.projection_dim > 0, where, "projection_dim", "must be > 0")
+        _check(0.0 < self.logit_scale <= 4.6052, where, "logit_scale", "must be in (0, ln 100]")
+        for key in ("vocab_size", "bos_token_id", "eos_token_id"):
+            _check(key not in self.text_config, where, f"text_config.{key}", "is set from the tokenizer; remove it")
+
+
+@dataclass
+class ClipTrainConfig(OptimConfig):
+    augment: bool = True  # random flips, shifts over white, blur and colour jitter (see images.augment)
+
+
+@dataclass
+class MiniClipConfig:
+    """``configs/mini/clip.yaml``: CLIP-mini, trained contrastively on sticker images and their captions."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: StickerImagesConfig = field(default_factory=StickerImagesConfig)
+    tokenizer: MiniTokenizerConfig = field(default_factory=MiniTokenizerConfig)
+    model: ClipModelConfig = field(default_factory=ClipModelConfig)
+    train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    export: str = "research/pmg/assets/mini/clip"  # the CLIPModel folder written at the end (weights committed)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def validate(self, where: str) -> None:
+        _check(bool(self.export), where, "export", "must not be empty")
+
+
+@dataclass
+class VaeTrainConfig(OptimConfig):
+    kl_weight: float = 1e-6  # weight of the KL term next to the MSE reconstruction loss
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _check(self.kl_weight >= 0, where, "kl_weight", "must be >= 0")
+
+
+@dataclass
+class UnetTrainConfig(OptimConfig):
+    cond_dropout: float = 0.1  # share of captions replaced by the empty one (classifier-free guidance)
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _check(0.0 <= self.cond_dropout < 1.0, where, "cond_dropout", "must be in [0, 1)")
+
+
+@dataclass
+class MiniEvalConfig:
+    """Retrieval check of generated images: ``captions_per_theme`` captions per theme, one image each."""
+
+    captions_per_theme: int = 7
+    steps: int = 25  # DDIM steps
+    guidance: float = 3.0
+    seed: int = 0
+    micro_batch: int = 49
+
+    def validate(self, where: str) -> None:
+        _check(self.captions_per_theme > 0, where, "captions_per_theme", "must be > 0")
+        _check(self.steps > 0, where, "steps", "must be > 0")
+        _check(self.guidance >= 1.0, where, "guidance", "must be >= 1")
+        _check(self.micro_batch > 0, where, "micro_batch", "must be > 0")
+
+
+@dataclass
+class MiniSDConfig:
+    """``configs/mini/sd.yaml``: a small latent Stable Diffusion (VAE, then UNet) on CLIP-mini's frozen text tower."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: StickerImagesConfig = field(default_factory=StickerImagesConfig)
+    clip: str = "research/pmg/assets/mini/clip"  # CLIP-mini folder: text encoder + tokenizer, and the judge
+    tokenizer_max_length: int = 32
+    vae: dict[str, Any] = field(default_factory=dict)  # AutoencoderKL keyword arguments
+    unet: dict[str, Any] = field(default_factory=dict)  # UNet2DConditionModel keyword arguments
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    vae_train: VaeTrainConfig = field(default_factory=VaeTrainConfig)
+    unet_train: UnetTrainConfig = field(default_factory=UnetTrainConfig)
+    eval: MiniEvalConfig = field(default_factory=MiniEvalConfig)
+    export: str = "research/pmg/assets/mini/sd"  # the diffusers folder written at the end (weights committed)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def validate(self, where: str) -> None:
+        _check(bool(self.vae), where, "vae", "must give the AutoencoderKL architecture")
+        _check(bool(self.unet), where, "unet", "must give the UNet2DConditionModel architecture")
+        _check(bool(self.export), where, "export", "must not be empty")
+        _check(self.tokenizer_max_length > 1, where, "tokenizer_max_length", "must be > 1")
+        _check(self.unet.get("in_channels", 4) == self.vae.get("latent_channels", 4), where, "unet.in_channels",
+               "must equal vae.latent_channels")
+
+
+def load_mini_config(cls: type, path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
+    """Load ``path`` into ``cls`` (:class:`MiniClipConfig` or :class:`MiniSDConfig`) with ``key=value`` overrides."""
+    source = str(path)
+    raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item, source)
+    cfg = _build(cls, raw, source, prefix="")  # validates every section, then the whole
+    cfg.source = source
+    return cfg
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    """The resolved config as plain data (for manifests and the run folder)."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source", None)
+    return out
+
+
+__all__ = ["ConfigError", "MiniClipConfig", "MiniSDConfig", "load_mini_config", "config_dict"]
