@@ -130,6 +130,20 @@ def test_config_loads_and_names_bad_fields(tmp_path):
         load_mini_llm_config(MINI_CONFIG, ["train.mix={chat: 1.0}"])
     with pytest.raises(ConfigError, match="llm.checkpoint"):
         load_mini_llm_config(MINI_CONFIG, ["llm.checkpoint=x.ckpt"])
+    with pytest.raises(ConfigError, match="train.early_mix: unknown kind"):
+        load_mini_llm_config(MINI_CONFIG, ["train.early_steps=10", "train.early_mix={chat: 1.0}"])
+
+
+def test_curriculum_switches_the_kind_mix_after_early_steps():
+    from research.pmg.mini.llm_train import batch_rows, mix_at
+
+    train = MiniTrainConfig(max_steps=10, mix={"preference": 1.0}, early_mix={"target": 1.0}, early_steps=3)
+    assert [mix_at(train, s) for s in (0, 2, 3, 9)] == [{"target": 1.0}] * 2 + [{"preference": 1.0}] * 2
+    assert mix_at(MiniTrainConfig(), 0) == MiniTrainConfig().mix  # no curriculum by default
+    arrays = llm_data.TokenArrays(ids=np.zeros((4, 2)), positions=np.zeros((4, 1)), labels=np.zeros((4, 1)),
+                                  answer_mask=np.ones((4, 1)), kinds=np.array([0, 0, 1, 1], dtype=np.int32))
+    assert set(arrays.kinds[batch_rows(arrays, mix_at(train, 0), 8, 0, 0)]) == {1}
+    assert set(arrays.kinds[batch_rows(arrays, mix_at(train, 5), 8, 0, 5)]) == {0}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,18 +252,22 @@ def held_out_run(runtime, committed, held_out, tmp_path_factory):
 def test_committed_model_answers_held_out_users_in_the_keyword_format(held_out_run):
     """Regression floor of the committed model: every answer is a parseable list, scores at least the measured ones.
 
-    Measured (seed 7, 16 samples): F1 preference 0.38 (character 0.45, emotion 0.19, style 0.50), target 0.19
-    (character 0.0, emotion 0.07, style 0.49); exact match of all answers 0.10. Floors leave a margin.
+    Measured (seed 7, 16 samples): F1 preference 0.64 (character 0.56, emotion 0.54, style 0.81), target 0.61
+    (character 0.20, emotion 0.71, style 0.91); exact match of all answers 0.35. Floors leave a margin; the
+    500-step model committed before (answering each attribute with its usual keywords) had preference 0.38,
+    target 0.19 and fails them.
     """
     statuses, scores = held_out_run["statuses"], held_out_run["scores"]
     assert held_out_run["samples"] == 16 and statuses["failed"] == 0 and statuses["ok"] == 16
     assert statuses["answers"]["ok"] == statuses["samples"] * 6  # 3 preference + 3 target answers, all parsed
-    assert scores["preference"]["f1"] >= 0.25 and scores["preference/character"]["f1"] >= 0.25
-    assert scores["target"]["f1"] >= 0.1
+    assert scores["preference"]["f1"] >= 0.55 and scores["preference/character"]["f1"] >= 0.45
+    assert scores["preference/emotion"]["f1"] >= 0.4 and scores["preference/style"]["f1"] >= 0.7
+    assert scores["target"]["f1"] >= 0.5 and scores["target/style"]["f1"] >= 0.8
 
 
-@pytest.mark.xfail(strict=True, reason="the committed 500-step model answers each attribute with its most common "
-                                       "keywords and has not learned to read the history (README-llm.md)")
+@pytest.mark.xfail(strict=True, reason="partly met: the 2,000-step model reads the history (preference F1 0.64, "
+                                       "character 0.56 on these users, 0.75 / 0.79 on the manifest's) but does not "
+                                       "yet reach the acceptance; target character phrases are weak (README-llm.md)")
 def test_committed_model_reaches_the_acceptance_scores(held_out_run):
     scores = held_out_run["scores"]
     assert scores["preference/character"]["f1"] >= 0.8
@@ -257,7 +275,6 @@ def test_committed_model_reaches_the_acceptance_scores(held_out_run):
     assert scores["target"]["f1"] >= 0.8
 
 
-@pytest.mark.xfail(strict=True, reason="not yet learned: see test_committed_model_reaches_the_acceptance_scores")
 def test_committed_model_names_the_cat_lovers_character(runtime, committed, tmp_path):
     from research.pmg.keywords.engine import KeywordLLM
     from research.pmg.keywords.prompts import PromptBuilder, load_templates, resolve_templates

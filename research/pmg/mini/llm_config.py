@@ -74,6 +74,10 @@ class MiniTrainConfig:
     # logit). Exported as two equal matrices, so the keyword stage's (untied) Llama loads it unchanged.
     tie_word_embeddings: bool = False
     mix: dict[str, float] = field(default_factory=lambda: {"preference": 0.6, "target": 0.3, "integrate": 0.1})
+    # Curriculum: the first ``early_steps`` steps draw kinds by ``early_mix`` instead of ``mix`` (e.g. mostly
+    # single-sticker target prompts, whose answers copy caption words, before the history prompts).
+    early_mix: dict[str, float] = field(default_factory=dict)
+    early_steps: int = 0
     eval_every: int = 100  # steps between held-out losses; 0 = only at the end
     eval_batches: int = 2
     save_every: int = 100  # steps between checkpoints; 0 = only at the end
@@ -88,10 +92,10 @@ class MiniTrainConfig:
         _check(0 <= self.warmup_steps <= self.max_steps, where, "warmup_steps", "must be in [0, max_steps]")
         _check(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
         _check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
-        unknown = sorted(set(self.mix) - set(KIND_NAMES))
-        _check(not unknown, where, "mix", f"unknown kind {unknown[:1]} (kinds: {', '.join(KIND_NAMES)})")
-        _check(all(v >= 0 for v in self.mix.values()) and sum(self.mix.values()) > 0, where, "mix",
-               "weights must be >= 0 with a positive sum")
+        _check_mix(self.mix, where, "mix")
+        _check(0 <= self.early_steps <= self.max_steps, where, "early_steps", "must be in [0, max_steps]")
+        if self.early_steps:
+            _check_mix(self.early_mix, where, "early_mix")
         for name in ("eval_every", "eval_batches", "save_every", "log_every"):
             _check(getattr(self, name) >= 0, where, name, "must be >= 0")
         _check(self.keep_last > 0, where, "keep_last", "must be > 0")
@@ -131,6 +135,13 @@ class MiniLLMConfig:
 def load_mini_llm_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> MiniLLMConfig:
     """Load ``configs/mini/llm.yaml`` (``base:`` and ``--set key=value`` work as for PMG configs), validated."""
     return load_dataclass_config(MiniLLMConfig, path, overrides)
+
+
+def _check_mix(mix: dict[str, float], where: str, name: str) -> None:
+    unknown = sorted(set(mix) - set(KIND_NAMES))
+    _check(not unknown, where, name, f"unknown kind {unknown[:1]} (kinds: {', '.join(KIND_NAMES)})")
+    _check(all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0, where, name,
+           "weights must be >= 0 with a positive sum")
 
 
 def _check(ok: bool, where: str, name: str, message: str) -> None:

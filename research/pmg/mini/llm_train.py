@@ -308,6 +308,11 @@ def build_step(loss_net, cfg: MiniLLMConfig):
     return step
 
 
+def mix_at(tcfg, step: int) -> dict[str, float]:
+    """Kind weights of step ``step``: ``early_mix`` for the first ``early_steps`` steps (curriculum), then ``mix``."""
+    return tcfg.early_mix if step < tcfg.early_steps else tcfg.mix
+
+
 def batch_rows(arrays: llm_data.TokenArrays, mix: dict[str, float], batch_size: int, seed: int, step: int) -> np.ndarray:
     """Row indices of step ``step``: kinds drawn by ``mix`` weight, then rows uniformly; a pure function of the step."""
     rng = np.random.default_rng([seed, step])
@@ -427,7 +432,7 @@ def train(cfg: MiniLLMConfig, runtime, prepared: Prepared, out: Path, *, resume:
     end = min(tcfg.max_steps, stop_after or tcfg.max_steps)
     with log_path.open("a") as log_file:
         for step in range(start, end):
-            rows = batch_rows(prepared.arrays, tcfg.mix, tcfg.batch_size, cfg.runtime.seed, step)
+            rows = batch_rows(prepared.arrays, mix_at(tcfg, step), tcfg.batch_size, cfg.runtime.seed, step)
             loss = float(step_cell(*_tensors(prepared.arrays.batch(rows)))[0].asnumpy())
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss} at step {step + 1}; last good checkpoint: "
