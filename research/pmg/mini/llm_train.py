@@ -37,6 +37,7 @@ from research.pmg.data.records import Item, write_atomic
 from research.pmg.errors import PMGError
 from research.pmg.mini import llm_data
 from research.pmg.mini.llm_config import KIND_NAMES, MiniLLMConfig, load_mini_llm_config
+from research.pmg.train.checkpoint import list_checkpoints, write_checkpoint_dir
 
 STATE_FILE = "train_state.ckpt"  # model weights + optimizer state (everything of the train-step cell but the lr table)
 MODEL_FILE = "llm.ckpt"  # the LLM's weights, named relative to LlamaForCausalLM: what build_llama loads
@@ -330,37 +331,13 @@ def batch_rows(arrays: llm_data.TokenArrays, mix: dict[str, float], batch_size: 
 # --------------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------------
-def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("step-*") if (p / META_FILE).is_file())
-
-
 def save_checkpoint(folder: Path, step_cell, model, meta: dict, keep_last: int) -> Path:
-    """``folder/step-<step>/`` (train state, model weights, meta) written to a hidden folder and renamed."""
-    import mindspore as ms
-
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{meta['step']:06d}"
-    tmp = folder / f".{final.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    """``folder/step-<step>/`` (train state, model weights, meta), written atomically with checksums."""
     state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names() if n != LR_PARAM]
-    ms.save_checkpoint(state, str(tmp / STATE_FILE))
     weights = [{"name": n, "data": p} for n, p in model.parameters_and_names()]
     if "lm_head.weight" not in {w["name"] for w in weights}:  # tied: the keyword stage's Llama has its own copy
         weights.append({"name": "lm_head.weight", "data": model.model.tok_embeddings.embedding_weight})
-    ms.save_checkpoint(weights, str(tmp / MODEL_FILE))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-    for path in tmp.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write_checkpoint_dir(folder, {STATE_FILE: state, MODEL_FILE: weights}, meta, keep_last)
 
 
 def load_checkpoint(path: Path, step_cell) -> dict:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,8 @@ from mindspore import nn
 
 from research.pmg.errors import PMGError
 from research.pmg.mini.config import OptimConfig
-from research.pmg.train.checkpoint import LR_PARAM, META_FILE, STATE_FILE, list_checkpoints, load_train_checkpoint
+from research.pmg.train.checkpoint import (LR_PARAM, STATE_FILE, list_checkpoints, load_train_checkpoint,
+                                          write_checkpoint_dir)
 
 
 class NonFiniteLoss(PMGError, RuntimeError):
@@ -50,22 +49,8 @@ def build_step(loss_net: nn.Cell, optim: OptimConfig):
 
 def save_checkpoint(folder: Path, step_cell: nn.Cell, meta: dict, keep_last: int) -> Path:
     """Write ``folder/step-<step>/`` atomically; keep the newest ``keep_last``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{meta['step']:06d}"
-    tmp = folder / f".{final.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names() if not _is_lr(n)]
-    ms.save_checkpoint(state, str(tmp / STATE_FILE))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-    for path in tmp.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write_checkpoint_dir(folder, {STATE_FILE: state}, meta, keep_last)
 
 
 def train(name: str, step_cell: nn.Cell, batch: Callable[[int], Sequence[ms.Tensor]], optim: OptimConfig, out: Path,

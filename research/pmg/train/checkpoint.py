@@ -30,17 +30,24 @@ LR_PARAM = "optimizer.learning_rate"
 def save_train_checkpoint(folder: Path, step_cell: nn.Cell, encoder: nn.Cell, frozen_prefixes: tuple[str, ...],
                           meta: dict, keep_last: int) -> Path:
     """Write ``folder/step-<step>/`` atomically and delete all but the newest ``keep_last`` checkpoints."""
+    state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names() if _is_state(n, frozen_prefixes)]
+    soft = [{"name": n, "data": p} for n, p in encoder.parameters_and_names() if p.requires_grad]
+    return write_checkpoint_dir(folder, {STATE_FILE: state, SOFT_FILE: soft}, meta, keep_last)
+
+
+def write_checkpoint_dir(folder: Path, files: dict[str, list[dict]], meta: dict, keep_last: int) -> Path:
+    """``folder/step-<meta["step"]>/`` with one ``.ckpt`` per entry of ``files`` (MindSpore save lists), each with a
+    checksum sidecar, and ``meta.json``: written to a hidden folder, fsynced, renamed; only the newest
+    ``keep_last`` kept. Every trainer's checkpoints go through here, so all are atomic and checksummed alike.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{meta['step']:06d}"
     tmp = folder / f".{final.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names() if _is_state(n, frozen_prefixes)]
-    ms.save_checkpoint(state, str(tmp / STATE_FILE))
-    soft = [{"name": n, "data": p} for n, p in encoder.parameters_and_names() if p.requires_grad]
-    ms.save_checkpoint(soft, str(tmp / SOFT_FILE))
-    for name in (STATE_FILE, SOFT_FILE):  # checksums: a damaged checkpoint is reported, never loaded
-        write_sidecar(tmp / name)
+    for name, params in files.items():
+        ms.save_checkpoint(params, str(tmp / name))
+        write_sidecar(tmp / name)  # a damaged checkpoint is reported, never loaded
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
     for path in tmp.iterdir():
         with open(path, "rb") as handle:
