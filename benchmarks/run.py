@@ -193,7 +193,14 @@ def main() -> int:
             for comparison, ratio, note in ratios(outcome):
                 print(f"  {comparison}: {ratio} ({note})", flush=True)
     text = render(outcomes, load_start, os.getloadavg(), args.full)
-    Path(args.out).write_text(text + "\n", encoding="utf-8")
+    out = Path(args.out)
+    if out.is_file():  # keep the PMG-mini quality section that benchmarks/mini_pmg.py writes
+        from mini_pmg import replace_section, START, END
+
+        old = out.read_text(encoding="utf-8")
+        if START in old and END in old:
+            text = replace_section(text, START + old.split(START, 1)[1].split(END, 1)[0] + END)
+    out.write_text(text + "\n", encoding="utf-8")
     print(f"written {args.out}")
     return 0 if all(o.code == 0 for o in outcomes) else 1
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Train PMG's soft preference (research.pmg.train): the project's main job.
-#   bash scripts/run_train.sh                         # bundled default: tiny models, sticker sample, CPU
+#   bash scripts/run_train.sh                         # bundled default: PMG-mini end to end, CPU, no downloads
 #   bash scripts/run_train.sh configs/pog.yaml [--resume] [--set train.lr=1e-5] [--nproc 8]
-# With no config it sets up .venv, prepares the bundled sticker sample and extracts its keywords with the
-# tiny LLM when those outputs are missing, then trains. With a config it trains on that config's prepared
-# data and keywords (run scripts/run_prepare.sh and scripts/run_keywords.sh first).
+# With no config it sets up .venv and runs the PMG-mini pipeline (configs/mini/pmg.yaml: prepare, keywords,
+# train, generate, evaluate, report). With a config it trains on that config's prepared data and keywords
+# (run scripts/run_prepare.sh and scripts/run_keywords.sh first).
 # --nproc N: N data-parallel workers on this node via msrun (several nodes: NNODES, NODE_RANK, MASTER_ADDR).
 # MASTER_PORT (default 8128) and LOG_DIR (default <output_dir>/log/msrun_train) set msrun's port and logs.
 set -euo pipefail
@@ -32,14 +32,11 @@ if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 if [ -z "$config" ]; then
-  config="$root/configs/tiny.yaml"
-  out="$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["runtime"]["output_dir"])' "$config")"
-  if [ ! -f "$out/data/samples.jsonl" ]; then
-    python -m research.pmg.data.prepare --config "$config" --no-progress
-  fi
-  if [ ! -f "$out/keywords/keywords.jsonl" ]; then
-    python -m research.pmg.keywords --config "$config" --no-progress
-  fi
+  # The bundled default is PMG-mini end to end: a trained soft preference shows only in the images it conditions,
+  # so the main job prepares, extracts keywords, trains, generates, evaluates and writes the report with the
+  # simulated users' gallery (output/mini_pmg/report.md). Re-running continues or skips finished stages.
+  cd "$root"
+  exec python -m research.pmg.pipeline --config configs/mini/pmg.yaml --nproc "$nproc" "${args[@]}"
 fi
 
 nnodes="${NNODES:-1}"

