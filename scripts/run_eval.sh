@@ -10,11 +10,6 @@
 # you run this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${VENV:-$root/.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  bash "$root/scripts/setup_env.sh" requirements.txt
-fi
-# Method runs (--run-methods) start the training/generation stages with this interpreter: make it the venv's.
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 exec python -m research.pmg.evaluate "$@"

@@ -9,12 +9,8 @@
 # you run this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${VENV:-$root/.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  bash "$root/scripts/setup_env.sh" requirements.txt
-fi
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 
 args=("$@")
 for arg in "$@"; do

@@ -7,10 +7,8 @@
 # newest checkpoint exactly where it stopped. Run before scripts/run_mini_sd.sh (SD uses CLIP-mini's text tower).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh" requirements.txt
-venv="${VENV:-$root/.venv}"
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 
 config="$root/configs/mini/clip.yaml"
 args=()

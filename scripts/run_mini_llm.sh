@@ -7,10 +7,8 @@
 # --resume continues from the newest checkpoint exactly where it stopped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh" requirements.txt
-venv="${VENV:-$root/.venv}"
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 
 config="$root/configs/mini/llm.yaml"
 args=()

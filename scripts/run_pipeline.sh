@@ -7,13 +7,8 @@
 # <output_dir>/log/pipeline/, the report to <output_dir>/report.md.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${VENV:-$root/.venv}"
-if [ ! -x "$venv/bin/python" ] || [ -n "${SETUP:-}" ]; then
-  bash "$root/scripts/setup_env.sh" requirements.txt
-fi
-# msrun (--nproc) starts its workers with the first python on PATH: make it the venv's.
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 
 args=()
 if [ $# -gt 0 ] && [[ "$1" == *.yaml || "$1" == *.yml ]]; then

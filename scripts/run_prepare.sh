@@ -6,10 +6,6 @@
 # With no --raw the bundled sample of the scenario is used. Relative paths are relative to where you run this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${VENV:-$root/.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  bash "$root/scripts/setup_env.sh" requirements.txt
-fi
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 exec python -m research.pmg.data.prepare "$@"

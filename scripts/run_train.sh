@@ -9,27 +9,16 @@
 # MASTER_PORT (default 8128) and LOG_DIR (default <output_dir>/log/msrun_train) set msrun's port and logs.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh" requirements.txt
-venv="${VENV:-$root/.venv}"
-# msrun starts its workers with the first python on PATH: make it the venv's.
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 
+pmg_take_nproc "$@"
 config=""
-nproc=1
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --nproc) nproc="$2"; shift 2 ;;
-    --nproc=*) nproc="${1#--nproc=}"; shift ;;
-    *.yaml|*.yml) if [ -z "$config" ]; then config="$1"; else args+=("$1"); fi; shift ;;
-    *) args+=("$1"); shift ;;
-  esac
+rest=()
+for arg in "${args[@]}"; do  # the first .yaml argument is the config, wherever it is
+  if [ -z "$config" ] && [[ "$arg" == *.yaml || "$arg" == *.yml ]]; then config="$arg"; else rest+=("$arg"); fi
 done
-if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
-  echo "error: --nproc must be a positive integer, got '$nproc'" >&2
-  exit 2
-fi
+args=("${rest[@]}")
 
 if [ -z "$config" ]; then
   # The bundled default is PMG-mini end to end: a trained soft preference shows only in the images it conditions,
@@ -39,12 +28,9 @@ if [ -z "$config" ]; then
   exec python -m research.pmg.pipeline --config configs/mini/pmg.yaml --nproc "$nproc" "${args[@]}"
 fi
 
-nnodes="${NNODES:-1}"
-if [ "$nproc" -eq 1 ] && [ "$nnodes" -eq 1 ]; then
+if [ "$nproc" -eq 1 ] && [ "${NNODES:-1}" -eq 1 ]; then
   exec python -m research.pmg.train --config "$config" "${args[@]}"
 fi
 log_dir="${LOG_DIR:-output/log/msrun_train}"
-msrun --worker_num=$((nproc * nnodes)) --local_worker_num="$nproc" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
-  --master_port="${MASTER_PORT:-8128}" --node_rank="${NODE_RANK:-0}" --log_dir="$log_dir" --join=True \
-  "$root/research/pmg/train/__main__.py" --config "$config" --no-progress "${args[@]}"
+pmg_msrun 8128 "$log_dir" "$root/research/pmg/train/__main__.py" --config "$config" --no-progress "${args[@]}"
 tail -n 3 "$log_dir/worker_0.log" 2>/dev/null || true
