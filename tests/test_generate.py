@@ -1,4 +1,5 @@
-"""Generation (research.pmg.generate): batched == separate, seeds, conditioning, CLIP parity, outputs, resume, CLI.
+"""Generation (research.pmg.generate): batched == separate (also across samples), seeds, conditioning, CLIP parity,
+outputs, resume, CLI.
 
 Tiny models from configs/tiny.yaml, 3 denoising steps. One pipeline (one compiled UNet cell) serves the whole
 module, so each UNet batch shape compiles once.
@@ -16,7 +17,7 @@ from research.pmg.config import ConfigError
 from research.pmg.generate import outputs
 from research.pmg.generate.conditioning import candidate_contexts, repeated, unconditional_context
 from research.pmg.generate.config import GenerateConfig
-from research.pmg.generate.pipeline import GenerationPipeline, to_uint8
+from research.pmg.generate.pipeline import GenerationPipeline, call_groups, to_uint8
 from research.pmg.generate.run import GenerationModels, build_models, generate, generation_scheduler
 from research.pmg.generate.scorer import ClipScorer, clip_image_processor
 from research.pmg.generate.select import select
@@ -85,6 +86,63 @@ def test_batched_equals_separate_and_micro_batches(scheduler, models, candidates
     np.testing.assert_allclose(batched, micro, rtol=0, atol=1e-5)
     # the candidates themselves differ (other weights or other seeds)
     assert min(np.abs(batched[i] - batched[j]).mean() for i in range(4) for j in range(i)) > 1e-2
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm_solver"])
+def test_stream_shares_unet_calls_across_samples(scheduler, models, candidates, gen_cfg, monkeypatch):
+    """Blocks (samples) of 3, 2 and 4 candidates in calls of 4: [3 + 1], [1 + 3], [1 + 3 padding]. Each block's
+    images are those it gets alone, within the batching tolerance above."""
+    pipeline = models.pipeline
+    cond, uncond, seeds = candidates
+    rng = np.random.default_rng(0)
+    cond = np.concatenate([cond, cond[::-1] * 0.5, cond[:1] + rng.normal(0, 0.1, cond[:1].shape)]).astype(np.float32)
+    latents = pipeline.initial_latents([(7, i, 0, 0) for i in range(9)])
+    bounds = [0, 3, 5, 9]
+    blocks = [(cond[a:b], latents[a:b]) for a, b in zip(bounds, bounds[1:])]
+    pulled, calls = [], []
+
+    def source():
+        for i, block in enumerate(blocks):
+            pulled.append(i)
+            yield block
+
+    sample = pipeline._sample
+    monkeypatch.setattr(pipeline, "_sample", lambda c, u, x: calls.append(len(c)) or sample(c, u, x))
+    pipeline.scheduler = generation_scheduler(gen_cfg, gen_settings(scheduler=scheduler))
+    try:
+        stream = pipeline.stream(source(), uncond, 4)
+        first = next(stream)
+        assert pulled == [0, 1] and calls == [4]  # blocks are pulled only to fill the next call
+        shared = [first] + list(stream)
+        assert calls == [4, 4, 4]
+        alone = [pipeline(c, uncond, x) for c, x in blocks]
+    finally:
+        pipeline.scheduler = generation_scheduler(gen_cfg, gen_settings())
+    assert [len(images) for images in shared] == [3, 2, 4]
+    print(f"{scheduler}: shared calls vs alone max abs diff "
+          f"{max(np.abs(s - a).max() for s, a in zip(shared, alone)):.2e}")
+    for images, reference in zip(shared, alone):
+        np.testing.assert_allclose(images, reference, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one initial latent per context"):
+        list(pipeline.stream([(cond[:2], latents[:1])], uncond, 4))
+
+
+def test_call_groups_fill_whole_calls_and_reproduce_bit_for_bit(models, candidates):
+    assert call_groups([3] * 8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 12 candidates = 3 calls of 4
+    assert call_groups([3] * 5, 4) == [[0, 1, 2, 3], [4]]  # the last group ends in a padded call
+    assert call_groups([3] * 16, 24) == [list(range(8)), list(range(8, 16))]
+    assert call_groups([3] * 3, 3) == [[0], [1], [2]]
+    assert call_groups([2, 2, 3, 1], 4) == [[0, 1], [2, 3]] and call_groups([3, 2, 4], 4) == [[0, 1, 2]]
+    # streaming the second group alone (a resumed run) runs its samples in the calls all of them ran in
+    pipeline = models.pipeline
+    cond, uncond, seeds = candidates
+    scaled = np.concatenate([cond[[i % 4, (i + 1) % 4, (i + 2) % 4]] * (1 + i / 8) for i in range(8)])
+    latents = pipeline.initial_latents([(7, i, 0, 0) for i in range(24)])
+    blocks = [(scaled[3 * i:3 * i + 3], latents[3 * i:3 * i + 3]) for i in range(8)]
+    everything = list(pipeline.stream(blocks, uncond, 4))
+    resumed = list(pipeline.stream(blocks[4:], uncond, 4))
+    for images, again in zip(everything[4:], resumed):
+        np.testing.assert_array_equal(images, again)
 
 
 def test_same_seed_same_image_other_seed_other_image(models, candidates):
@@ -269,14 +327,16 @@ def test_outputs_manifest_and_contact_sheets(tmp_path, gen_cfg, runtime, stage_i
         expected = 0.5 * np.log(max(c["d_p"], 1e-6)) + 0.5 * np.log(max(c["d_t"], 1e-6))
         assert c["z"] == pytest.approx(expected, abs=1e-12)
     assert first["image"] == "images/u001%3A2/" + f"{first['chosen']}_0.png"
-    # the images on disk are the pipeline's output for those seeds and contexts
-    example_ctx = candidate_contexts(models.encode, first["target_text"], first["preference_text"], None,
-                                     [[1, 1], [1, 2], [2, 1]], "scaling")
+    # the images on disk are the pipeline's output for those seeds and contexts, in the run's UNet calls
+    # (micro_batch 4: the two samples' 6 candidates share calls of 4)
+    pipeline = models.pipeline
+    blocks = [(candidate_contexts(models.encode, r["target_text"], r["preference_text"], None,
+                                  [[1, 1], [1, 2], [2, 1]], "scaling"),
+               pipeline.initial_latents([tuple(c["seed"]) for c in r["candidates"]])) for r in records]
     uncond = unconditional_context(models.encode, gen_settings().negative_for("stickers"))
-    expected = to_uint8(models.pipeline(example_ctx, uncond, models.pipeline.initial_latents(
-        [tuple(c["seed"]) for c in first["candidates"]])))
-    for c, image in zip(first["candidates"], expected):
-        np.testing.assert_array_equal(np.asarray(Image.open(out / c["image"])), image)
+    for record, images in zip(records, pipeline.stream(blocks, uncond, 4)):
+        for c, image in zip(record["candidates"], to_uint8(images)):
+            np.testing.assert_array_equal(np.asarray(Image.open(out / c["image"])), image)
     sheet = Image.open(out / first["contact_sheet"])
     assert sheet.size[0] > 8 * outputs.SHEET_TILE and sheet.mode == "RGB"  # 5 history + 3 candidates + chosen
     summary = json.loads((out / "summary.json").read_text())
@@ -290,7 +350,9 @@ def test_resume_skips_finished_samples_and_drops_a_torn_line(tmp_path, gen_cfg, 
     manifest = out / "manifest.jsonl"
     complete = manifest.read_bytes()
     lines = complete.splitlines(keepends=True)
-    manifest.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # killed while appending the second sample
+    # killed while appending the second sample, which shares a UNet call with the first (calls of 4 candidates):
+    # the resumed run redoes that call whole, so the second sample comes out exactly as before
+    manifest.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])
 
     def no_build(*args):
         raise AssertionError("models were built although nothing was left to generate")
@@ -310,6 +372,40 @@ def test_resume_skips_finished_samples_and_drops_a_torn_line(tmp_path, gen_cfg, 
     manifest.write_bytes(b"not json\n" + complete)
     with pytest.raises(outputs.ManifestError, match="manifest.jsonl:1: not a manifest record"):
         run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=3)
+
+
+def test_samples_share_unet_calls_with_the_same_results(tmp_path, gen_cfg, runtime, stage_inputs, models,
+                                                        monkeypatch):
+    """micro_batch 8 over 3 samples of 3 candidates (calls [3 + 3 + 2], [1 + 7 padding]) gives the manifest and
+    images of micro_batch 3 (one sample per call), up to float noise of batching."""
+    pipeline, calls = models.pipeline, []
+    sample = pipeline._sample
+    monkeypatch.setattr(pipeline, "_sample", lambda c, u, x: calls.append(len(c)) or sample(c, u, x))
+    runs = {}
+    for micro_batch in (3, 8):
+        calls.clear()
+        monkeypatch.setattr(pipeline, "micro_batch", micro_batch)
+        out = tmp_path / f"mb{micro_batch}"
+        result = run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=3, micro_batch=micro_batch)
+        assert result.generated == ["u001:2", "u002:2", "u003:2"]
+        runs[micro_batch] = out, list(calls)
+    assert runs[3][1] == [3, 3, 3] and runs[8][1] == [8, 8]
+    (alone, _), (shared, _) = runs[3], runs[8]
+    records = [[json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+               for out in (alone, shared)]
+    assert [r["sample"] for r in records[1]] == ["u001:2", "u002:2", "u003:2"]
+    scores = ("d_p", "d_t", "z")
+    worst = 0
+    for a, b in zip(*records):
+        assert a["candidates"] and len(a["candidates"]) == len(b["candidates"]) == 3
+        assert {k: v for k, v in a.items() if k != "candidates"} == {k: v for k, v in b.items() if k != "candidates"}
+        for ca, cb in zip(a["candidates"], b["candidates"]):
+            assert {k: v for k, v in ca.items() if k not in scores} == {k: v for k, v in cb.items() if k not in scores}
+            assert [cb[k] for k in scores] == pytest.approx([ca[k] for k in scores], abs=1e-4)
+            pa, pb = (np.asarray(Image.open(out / ca["image"]), np.int16) for out in (alone, shared))
+            worst = max(worst, np.abs(pa - pb).max())
+    assert worst <= 1  # uint8 rounding of images equal within 1e-5
+    print(f"micro_batch 8 vs 3: max uint8 difference {worst}")
 
 
 def write_soft_checkpoint(cfg, folder: Path, seed: int, drop: str = "") -> Path:

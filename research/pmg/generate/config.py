@@ -43,7 +43,7 @@ class GenerateConfig:
     negative_prompt: Optional[str] = None  # None = the scenario's prompt from the official demo; "" = empty
     a: float = 0.5  # balance: z = a * log d_p + (1 - a) * log d_t
     score_form: Literal["log", "linear"] = "log"  # log: the paper's formula; linear: a * d_p + (1 - a) * d_t
-    micro_batch: int = 8  # candidates per UNet call (the UNet sees twice as many rows with guidance)
+    micro_batch: int = 8  # candidates per UNet call, from several samples (the UNet sees 2x rows with guidance)
     splits: list[str] = field(default_factory=lambda: ["test"])
     max_samples: int = 0  # the first N selected samples in dataset order; 0 = all
     contact_sheets: bool = True  # history | candidates | chosen, one PNG per sample

@@ -1,18 +1,41 @@
-"""The denoising loop: all candidates of a sample through the UNet together, with classifier-free guidance.
+"""The denoising loop: candidates through the UNet in fixed-size calls, with classifier-free guidance.
 
 A candidate is one (conditioning context, initial latents) pair. Candidates run in micro-batches of a fixed
-size (the last one padded by repeating its final row), so a compiled graph is built once per size and
-reused. The unconditional branch shares the UNet call: rows ``[uncond; cond]``, as in diffusers. The
-scheduler (DDIM with eta 0, or DPM-Solver++ multistep) is deterministic, so a candidate's image depends only
-on its context and its initial latents, never on the batch it ran in.
+number of rows (the last one padded by repeating its final row), so a compiled graph is built once per size
+and reused; :meth:`GenerationPipeline.stream` lets the candidates of consecutive samples share those calls.
+The unconditional branch shares the UNet call: rows ``[uncond; cond]``, as in diffusers. The scheduler (DDIM
+with eta 0, or DPM-Solver++ multistep) is deterministic and elementwise over the batch, so a candidate's image
+depends only on its context and its initial latents, never on the batch it ran in (up to float noise between
+batch sizes and places in a call; :func:`call_groups` keeps them fixed where that matters).
 """
 from __future__ import annotations
+
+from collections import deque
+from typing import Iterable, Iterator
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
 from research.pmg.models.diffusion import DiffusionParts
+
+
+def call_groups(sizes: list[int], rows: int) -> list[list[int]]:
+    """Consecutive blocks of ``sizes`` candidates, grouped so that each group fills whole UNet calls of ``rows``
+    when :meth:`GenerationPipeline.stream` runs all the blocks (only the last group may end in a padded call).
+
+    Streaming any selection of whole groups, in order, therefore runs every block in exactly the calls, with
+    the same companions at the same places, as streaming all of them: a resumed run denoises its samples as
+    the uninterrupted run did, bit for bit (a row's floats can depend on its place in a call).
+    """
+    groups, current, filled = [], [], 0
+    for i, size in enumerate(sizes):
+        current.append(i)
+        filled = (filled + size) % rows
+        if not filled:
+            groups.append(current)
+            current = []
+    return groups + [current] if current else groups
 
 
 class GuidedDenoiser(nn.Cell):
@@ -85,21 +108,58 @@ class GenerationPipeline:
         return np.stack([np.random.default_rng(list(seed)).standard_normal(self.latent_shape).astype(np.float32)
                          for seed in seeds])
 
-    def __call__(self, cond: np.ndarray, uncond: np.ndarray, latents: np.ndarray) -> np.ndarray:
+    def rows_for(self, candidates: int) -> int:
+        """Candidates per UNet call for ``candidates`` in all: ``micro_batch``, or fewer if there are fewer."""
+        return max(1, min(self.micro_batch, candidates))
+
+    def __call__(self, cond: np.ndarray, uncond: np.ndarray, latents: np.ndarray,
+                 rows: int | None = None) -> np.ndarray:
         """Images ``(n, size, size, 3)`` float32 in [0, 1] for contexts ``cond (n, T, ctx_dim)``, the shared
-        unconditional context ``uncond (T, ctx_dim)`` and initial latents ``(n, c, h, w)``."""
-        n = len(cond)
-        if len(latents) != n or n == 0:
-            raise ValueError(f"need one initial latent per context, got {len(latents)} for {n}")
-        rows = min(self.micro_batch, n)
+        unconditional context ``uncond (T, ctx_dim)`` and initial latents ``(n, c, h, w)``, in UNet calls of
+        ``rows`` candidates (default :meth:`rows_for` ``(n)``)."""
+        return next(self.stream([(cond, latents)], uncond, rows or self.rows_for(len(cond))))
+
+    def stream(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]], uncond: np.ndarray,
+               rows: int) -> Iterator[np.ndarray]:
+        """Images of each block ``(cond (n, T, ctx_dim), latents (n, c, h, w))``, yielded block by block in order.
+
+        The candidates of consecutive blocks (the samples of a run) are laid end to end and denoised in UNet
+        calls of exactly ``rows`` candidates: a call may hold several blocks and a block may span calls; the
+        last call is padded by repeating its final candidate. Blocks are pulled lazily, only as many as fill
+        the next call, and a block's images are yielded as soon as its last candidate is done.
+        """
         uncond_rows = np.broadcast_to(np.asarray(uncond, np.float32), (rows,) + uncond.shape)
-        out = []
-        for start in range(0, n, rows):
-            take = np.arange(start, min(start + rows, n))
-            padded = np.concatenate([take, np.full(rows - len(take), take[-1])])  # static shape: repeat last row
-            images = self._sample(cond[padded], uncond_rows, latents[padded])
-            out.append(images[:len(take)])
-        return np.concatenate(out)
+        blocks = iter(blocks)
+        cond_queue, latent_queue = [], []  # candidates not yet denoised
+        sizes = deque()  # candidate counts of the blocks not yet yielded
+        finished = []  # images of the candidates denoised but not yet yielded
+        queued, exhausted = 0, False
+        while True:
+            while not exhausted and queued < rows:
+                try:
+                    cond, latents = next(blocks)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if len(latents) != len(cond) or len(cond) == 0:
+                    raise ValueError(f"need one initial latent per context, got {len(latents)} for {len(cond)}")
+                cond_queue.append(np.asarray(cond, np.float32))
+                latent_queue.append(np.asarray(latents, np.float32))
+                sizes.append(len(cond))
+                queued += len(cond)
+            if not queued:
+                return
+            cond_all, latent_all = np.concatenate(cond_queue), np.concatenate(latent_queue)
+            take = min(rows, queued)
+            padded = np.concatenate([np.arange(take), np.full(rows - take, take - 1)])  # static shape
+            finished.append(self._sample(cond_all[padded], uncond_rows, latent_all[padded])[:take])
+            cond_queue, latent_queue, queued = [cond_all[take:]], [latent_all[take:]], queued - take
+            done = np.concatenate(finished)
+            while sizes and len(done) >= sizes[0]:
+                size = sizes.popleft()
+                block, done = done[:size], done[size:]
+                yield block
+            finished = [done]
 
     def _sample(self, cond: np.ndarray, uncond: np.ndarray, latents: np.ndarray) -> np.ndarray:
         rows = len(cond)

@@ -1,16 +1,19 @@
-"""Stage 4 of PMG, end to end: for each sample, K weight sets x M images in one batch, CLIP picks one.
+"""Stage 4 of PMG, end to end: for each sample, K weight sets x M images, CLIP picks one.
 
 :func:`build_models` loads everything once (SD, CLIP, and the trained soft preference when a checkpoint is
 given); :func:`generate` walks the selected samples, skips those already in the manifest and writes images,
-contact sheets and one manifest line per sample (see :mod:`research.pmg.generate.outputs`).
+contact sheets and one manifest line per sample (see :mod:`research.pmg.generate.outputs`). The candidates of
+consecutive samples share UNet calls of ``micro_batch`` candidates (:meth:`GenerationPipeline.stream`); the
+rest is per sample: conditioning (:func:`prepare_sample`), then scoring and writing (:func:`finish_sample`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -21,7 +24,7 @@ from research.pmg.evaluate.images import load_rgb
 from research.pmg.generate import outputs
 from research.pmg.generate.conditioning import Encoder, candidate_contexts, unconditional_context
 from research.pmg.generate.config import GenerateConfig
-from research.pmg.generate.pipeline import GenerationPipeline, to_uint8
+from research.pmg.generate.pipeline import GenerationPipeline, call_groups, to_uint8
 from research.pmg.generate.scorer import ClipScorer
 from research.pmg.runtime import Runtime
 
@@ -198,11 +201,20 @@ def generate(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime, *, data_dir
         negative = gcfg.negative_for(cfg.scenario)
         uncond = unconditional_context(models.encode, negative, models.soft.num_tokens if models.soft else 0,
                                        preference=gcfg.preference_keywords)
+        # UNet calls are laid out over all the selected samples (one call size, fixed groups of samples that
+        # fill whole calls), and a group with any sample left to do is redone whole: a resumed run denoises each
+        # sample in the very calls the uninterrupted run used, so it writes the same images and records.
+        per_sample = gcfg.num_candidates
+        rows = models.pipeline.rows_for(per_sample * len(jobs))
+        todo = [jobs[i] for group in call_groups([per_sample] * len(jobs), rows)
+                if any(jobs[i].id not in done for i in group) for i in group]
         bar = _progress(len(pending), progress)
-        for sample in pending:
+        for job, images in _denoised(models, gcfg, todo, examples, index, cfg.runtime.seed, uncond, rows):
+            if job.sample.id in done:
+                continue  # shares UNet calls with samples left to do; already in the manifest
+            sample = job.sample
             history = [prepared.image_path(item) for item in sample.history]
-            record = generate_sample(models, gcfg, sample, examples[sample.id], index=index[sample.id],
-                                     seed=cfg.runtime.seed, uncond=uncond, out_dir=out_dir, history=history)
+            record = finish_sample(models, gcfg, job, images, out_dir=out_dir, history=history)
             outputs.append_record(manifest, record)
             result.generated.append(sample.id)
             if bar is not None:
@@ -214,13 +226,23 @@ def generate(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime, *, data_dir
     return result
 
 
-def generate_sample(models: GenerationModels, gcfg: GenerateConfig, sample, example, *, index: int, seed: int,
-                    uncond: np.ndarray, out_dir: Path, history: list[Path]) -> dict[str, Any]:
-    """All candidates of one sample, scored and written (images, contact sheet); returns its manifest record.
+@dataclass
+class SampleJob:
+    """One sample's candidates, ready for the UNet: see :func:`prepare_sample`."""
 
-    ``sample`` is the prepared :class:`Sample` at ``index`` in the dataset, ``example`` its texts (as training
-    renders them), ``uncond`` the unconditional context ``(T, ctx_dim)``, ``history`` its history image files.
-    """
+    sample: Any  # the prepared Sample
+    example: Any  # its texts, as training renders them
+    index: int  # its position in the prepared dataset
+    keys: list[tuple[int, int]]  # (k, m) per candidate: weight set, then image
+    seeds: list[tuple[int, int, int, int]]  # (seed, index, k, m) per candidate: its initial noise
+    cond: np.ndarray  # (K * M, T, ctx_dim) contexts
+    latents: np.ndarray  # (K * M, c, h, w) initial latents
+    soft: bool  # conditioned on the soft embedding E_m
+
+
+def prepare_sample(models: GenerationModels, gcfg: GenerateConfig, sample, example, *, index: int,
+                   seed: int) -> SampleJob:
+    """The contexts and initial latents of ``sample`` (at ``index`` in the dataset; ``example`` its texts)."""
     k, m = len(gcfg.weight_sets), gcfg.images_per_set
     soft = models.soft(example.history_prompt) if models.soft else None
     preference = example.preference_text if gcfg.preference_keywords else None
@@ -228,15 +250,24 @@ def generate_sample(models: GenerationModels, gcfg: GenerateConfig, sample, exam
                                   gcfg.weighting, gcfg.soft_weight)
     keys = [(ki, mi) for ki in range(k) for mi in range(m)]  # candidate order: weight set, then image
     seeds = [(seed, index, ki, mi) for ki, mi in keys]
-    pipeline = models.pipeline
-    images = to_uint8(pipeline(np.repeat(contexts, m, axis=0), uncond, pipeline.initial_latents(seeds)))
+    return SampleJob(sample=sample, example=example, index=index, keys=keys, seeds=seeds,
+                     cond=np.repeat(contexts, m, axis=0), latents=models.pipeline.initial_latents(seeds),
+                     soft=soft is not None)
+
+
+def finish_sample(models: GenerationModels, gcfg: GenerateConfig, job: SampleJob, images: np.ndarray, *,
+                  out_dir: Path, history: list[Path]) -> dict[str, Any]:
+    """Score the denoised ``images`` ``(K * M, H, W, 3)`` float of ``job``, write them (and the contact sheet)
+    and return the sample's manifest record. ``history`` are its history image files."""
+    sample, example = job.sample, job.example
+    images = to_uint8(images)
     selection = models.scorer.choose(images, example.preference_text, example.target_text, gcfg.a, gcfg.score_form)
     candidates = []
-    for i, ((ki, mi), image) in enumerate(zip(keys, images)):
+    for i, ((ki, mi), image) in enumerate(zip(job.keys, images)):
         path = outputs.candidate_image(sample.id, ki, mi)
         outputs.save_png(out_dir / path, image)
         candidates.append({"k": ki, "m": mi, "weights": [float(w) for w in gcfg.weight_sets[ki]],
-                           "seed": list(seeds[i]), "image": path, "d_p": float(selection.personalization[i]),
+                           "seed": list(job.seeds[i]), "image": path, "d_p": float(selection.personalization[i]),
                            "d_t": float(selection.accuracy[i]), "z": float(selection.z[i]),
                            "chosen": i == selection.chosen})
     sheet = None
@@ -245,10 +276,26 @@ def generate_sample(models: GenerationModels, gcfg: GenerateConfig, sample, exam
         sheet = outputs.contact_sheet_path(sample.id)
         outputs.save_png(out_dir / sheet, outputs.contact_sheet([load_rgb(p) for p in history], images,
                                                                  selection.chosen, labels))
-    return {"sample": sample.id, "index": index, "user_id": sample.user_id, "target": sample.target,
+    return {"sample": sample.id, "index": job.index, "user_id": sample.user_id, "target": sample.target,
             "split": sample.split, "preference_text": example.preference_text, "target_text": example.target_text,
-            "soft": soft is not None, "weighting": gcfg.weighting, "chosen": selection.chosen,
+            "soft": job.soft, "weighting": gcfg.weighting, "chosen": selection.chosen,
             "image": candidates[selection.chosen]["image"], "contact_sheet": sheet, "candidates": candidates}
+
+
+def _denoised(models: GenerationModels, gcfg: GenerateConfig, samples: list, examples: dict, index: dict[str, int],
+              seed: int, uncond: np.ndarray, rows: int) -> Iterator[tuple[SampleJob, np.ndarray]]:
+    """``(job, images)`` per sample, in order, the candidates of consecutive samples sharing UNet calls of
+    ``rows`` candidates. A sample is prepared only when its candidates are needed to fill a call."""
+    prepared = deque()  # jobs handed to the pipeline whose images are not back yet
+
+    def blocks():
+        for sample in samples:
+            job = prepare_sample(models, gcfg, sample, examples[sample.id], index=index[sample.id], seed=seed)
+            prepared.append(job)
+            yield job.cond, job.latents
+
+    for images in models.pipeline.stream(blocks(), uncond, rows):
+        yield prepared.popleft(), images
 
 
 def _progress(total: int, enabled: bool):
