@@ -8,10 +8,8 @@
 # (checkpoints/step-*/, train_log.jsonl); --resume continues from the newest checkpoints exactly where it stopped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh" requirements.txt
-venv="${VENV:-$root/.venv}"
-export PATH="$venv/bin:$PATH"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+source "$root/scripts/lib.sh"
+pmg_setup
 
 config="$root/configs/mini/sd.yaml"
 args=()

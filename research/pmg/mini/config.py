@@ -126,11 +126,18 @@ class VaeTrainConfig(OptimConfig):
 
 @dataclass
 class UnetTrainConfig(OptimConfig):
-    cond_dropout: float = 0.1  # share of captions replaced by the empty one (classifier-free guidance)
+    cond_dropout: float = 0.1  # share of texts replaced by the empty one (classifier-free guidance)
+    # Which texts of a sticker the UNet is conditioned on, one drawn per row and step (research.pmg.mini.sd_texts):
+    # its caption, and the target / theme keyword texts PMG's generation conditions on.
+    texts: list[str] = field(default_factory=lambda: ["caption", "target", "theme"])
 
     def validate(self, where: str) -> None:
         super().validate(where)
         _check(0.0 <= self.cond_dropout < 1.0, where, "cond_dropout", "must be in [0, 1)")
+        from research.pmg.mini.sd_texts import VARIANTS
+
+        _check(bool(self.texts) and all(t in VARIANTS for t in self.texts) and len(set(self.texts)) == len(self.texts),
+               where, "texts", f"must be distinct names out of {list(VARIANTS)}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,7 @@ def text_encoder_from_clip(clip_model):
 def vae_loss_cell(vae, kl_weight: float):
     """``(images (b, 3, s, s) in [-1, 1], eps (b, c, h, w)) -> MSE reconstruction + kl_weight * KL``.
 
-    (An L1 loss with a clamped log-variance, as SD's VAE uses, made a graph-mode CPU training step hang in a
-    kernel at the same step in every run on this machine; see the README.)"""
+    Train it inside ``pad_free_downsampling()`` (graph mode on CPU hangs otherwise; see the README)."""
     from mindspore import nn, ops
 
     class VaeLoss(nn.Cell):
@@ -60,9 +60,39 @@ def vae_loss_cell(vae, kl_weight: float):
             latents = mean + ops.exp(0.5 * logvar) * eps
             recon = self.vae.decode(latents)[0]
             kl = 0.5 * (mean * mean + ops.exp(logvar) - 1.0 - logvar).sum((1, 2, 3)).mean()
-            return ((recon - images) ** 2).mean() + self.kl_weight * kl
+            diff = recon - images
+            return (diff * diff).mean() + self.kl_weight * kl
 
     return VaeLoss(vae)
+
+
+@contextmanager
+def pad_free_downsampling():
+    """Train with the VAE encoder's ``Downsample2D`` padding done by concatenating zeros, not by ``pad``.
+
+    The same function and the same weights (the export is a plain diffusers ``AutoencoderKL``): diffusers' VAE
+    down-samples by padding (0, 1, 0, 1) then a stride-2 convolution, and on CPU in graph mode the backward of
+    that constant pad made the train step spin forever in ``libmindspore_ops_cpu.so`` on the 18th call of every
+    process (README, "the graph-mode step hang"). Applies to every ``Downsample2D`` compiled inside the block."""
+    from mindone.diffusers.models.downsampling import Downsample2D
+    from mindspore import ops
+
+    original = Downsample2D.construct
+
+    def construct(self, hidden_states):
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if self.use_conv and self.padding == 0:  # (0, 1, 0, 1): one zero column on the right, one row below
+            b, c, h, w = hidden_states.shape
+            hidden_states = ops.concat((hidden_states, ops.zeros((b, c, h, 1), hidden_states.dtype)), 3)
+            hidden_states = ops.concat((hidden_states, ops.zeros((b, c, 1, w + 1), hidden_states.dtype)), 2)
+        return self.conv(hidden_states)
+
+    Downsample2D.construct = construct
+    try:
+        yield
+    finally:
+        Downsample2D.construct = original
 
 
 def unet_loss_cell(unet, alphas_cumprod: np.ndarray, prediction_type: str):
@@ -100,6 +130,15 @@ def vae_decode(vae, latents: np.ndarray, batch: int = 64) -> np.ndarray:
 
     return np.concatenate([vae.decode(ms.Tensor(latents[i:i + batch]))[0].asnumpy()
                            for i in range(0, len(latents), batch)])
+
+
+def variant_texts(data, variant: str) -> list[str]:
+    """One ``variant`` text (research.pmg.mini.sd_texts) per sticker of ``data``, in row order."""
+    from research.pmg.data.records import Item
+    from research.pmg.mini.sd_texts import VARIANTS, sticker_texts
+
+    k = VARIANTS.index(variant)
+    return [sticker_texts(Item(id=i, title=c, category=t))[k] for i, c, t in zip(data.ids, data.captions, data.themes)]
 
 
 def check_shapes(cfg: MiniSDConfig, text_hidden: int | None) -> int:
@@ -256,8 +295,9 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
         eps = np.random.default_rng([seed, step, 11]).standard_normal((vt.batch_size, latent_channels, lat, lat))
         return ms.Tensor(pixels[rows]), ms.Tensor(eps.astype(np.float32))
 
-    vae_run = train("vae", vae_step, vae_batch, vt, out / "vae", resume=resume, stop_after=stop_after.get("vae"),
-                    progress=progress)
+    with pad_free_downsampling():
+        vae_run = train("vae", vae_step, vae_batch, vt, out / "vae", resume=resume, stop_after=stop_after.get("vae"),
+                        progress=progress)
     if vae_run.steps_done < vt.max_steps:
         return {"vae_steps": vae_run.steps_done}
     vae.set_train(False)
@@ -268,7 +308,7 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
     recon = vae_decode(vae, means)
     mse = float(np.mean((np.clip(recon, -1, 1) - pixels) ** 2) / 4.0)  # on [0, 1] images
     vae_metrics = {"loss_first": vae_run.first_loss, "loss_last": vae_run.last_loss, "steps": vae_run.steps_done,
-                   "train_seconds": round(vae_run.total_seconds, 1), "train_cpu_seconds": round(vae_run.cpu_seconds, 1),
+                   "train_seconds": round(vae_run.total_seconds, 1), "train_cpu_seconds": round(vae_run.total_cpu_seconds, 1),
                    "scaling_factor": scaling,
                    "recon_psnr_db": round(float(10 * np.log10(1.0 / max(mse, 1e-12))), 2)}
 
@@ -279,9 +319,11 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
     clip_model = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True, mindspore_dtype=ms.float32)
     text_encoder = text_encoder_from_clip(clip_model)
     tokenizer = load_clip_tokenizer(clip_dir, cfg.tokenizer_max_length)
-    ids = caption_ids(tokenizer, list(data.captions) + [""])
+    # Row v * n + i: text variant v (unet_train.texts) of sticker i; the last row is the empty text.
+    texts = [t for variant in cfg.unet_train.texts for t in variant_texts(data, variant)] + [""]
+    ids = caption_ids(tokenizer, texts)
     contexts = np.concatenate([text_encoder(ms.Tensor(ids[i:i + 64]))[0].asnumpy() for i in range(0, len(ids), 64)])
-    empty = len(data)
+    empty = len(texts) - 1
 
     check_shapes(cfg, int(clip_model.config.text_config.hidden_size))
     seed_everything(seed + 1)
@@ -297,8 +339,10 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
         rows = batch_indices(len(data), step, 0, 1, ut.batch_size, seed)
         noise, timesteps, eps = step_noise(shape, cfg.scheduler.num_train_timesteps, step, 0, seed)
         latents = sample_latents(moments[rows], eps, scaling)
-        drop = np.random.default_rng([seed, step, 13]).random(ut.batch_size) < ut.cond_dropout
-        context = contexts[np.where(drop, empty, rows)]
+        rng = np.random.default_rng([seed, step, 13])
+        drop = rng.random(ut.batch_size) < ut.cond_dropout
+        variant = rng.integers(0, len(ut.texts), ut.batch_size)
+        context = contexts[np.where(drop, empty, variant * len(data) + rows)]
         return ms.Tensor(latents), ms.Tensor(context), ms.Tensor(noise), ms.Tensor(timesteps)
 
     unet_run = train("unet", unet_step, unet_batch, ut, out / "unet", resume=resume, stop_after=stop_after.get("unet"),
@@ -310,7 +354,7 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
                "unet": {"loss_first": unet_run.first_loss, "loss_last": unet_run.last_loss,
                         "steps": unet_run.steps_done,
                         "train_seconds": round(unet_run.total_seconds, 1),
-                        "train_cpu_seconds": round(unet_run.cpu_seconds, 1)}}
+                        "train_cpu_seconds": round(unet_run.total_cpu_seconds, 1)}}
     if not export:
         return metrics
 

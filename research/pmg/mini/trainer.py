@@ -37,6 +37,7 @@ class RunResult:
     seconds: float = 0.0  # wall time of this process's steps, compile included
     cpu_seconds: float = 0.0  # CPU time of this process over the same span (all threads): contention-free cost
     total_seconds: float = 0.0  # summed over the resumed runs (from the log)
+    total_cpu_seconds: float = 0.0  # CPU time summed over the resumed runs (from the log; 0 for records without it)
 
 
 def build_step(loss_net: nn.Cell, optim: OptimConfig):
@@ -84,7 +85,8 @@ def train(name: str, step_cell: nn.Cell, batch: Callable[[int], Sequence[ms.Tens
             done = step + 1
             result.steps_done = done
             if done % optim.log_every == 0 or done == end:
-                record = {"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2)}
+                record = {"step": done, "loss": sum(window) / len(window), "seconds": round(time.time() - t0, 2),
+                          "cpu_seconds": round(time.process_time() - c0, 2), "start": start}
                 records.append(record)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -99,13 +101,24 @@ def train(name: str, step_cell: nn.Cell, batch: Callable[[int], Sequence[ms.Tens
     result.cpu_seconds = time.process_time() - c0
     if records:
         result.first_loss, result.last_loss = records[0]["loss"], records[-1]["loss"]
-    # Each resumed process restarts the clock: a record's seconds follow the previous record's unless it fell.
-    total, previous = 0.0, 0.0
-    for record in records:
-        total += record["seconds"] - previous if record["seconds"] >= previous else record["seconds"]
-        previous = record["seconds"]
-    result.total_seconds = total
+    result.total_seconds = _summed(records, "seconds")
+    result.total_cpu_seconds = _summed(records, "cpu_seconds")
     return result
+
+
+def _summed(records: list[dict], key: str) -> float:
+    """A per-process clock (``seconds``, ``cpu_seconds``) summed over the processes that wrote the log.
+
+    Each process restarts the clock and tags its records with the step it started from (``start``): a process's
+    share is its last record's value. (Records without the tag: a new process is assumed where the clock fell.)
+    """
+    total, previous, segment = 0.0, 0.0, None
+    for record in records:
+        value, tag = record.get(key, 0.0), record.get("start")
+        new_process = (tag != segment) if tag is not None or segment is not None else value < previous
+        total += value if new_process else value - previous
+        previous, segment = value, tag
+    return total
 
 
 def _is_lr(name: str) -> bool:
