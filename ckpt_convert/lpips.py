@@ -112,6 +112,12 @@ def convert(src: str | Path, dst: str | Path, *, heads: str | Path | None = None
         found = next((c for c in candidates if c in sources), candidates[0])
         targets.append(Target(name, shape, ((found, shape),)))
     inputs = f"{src}" + (f" + {heads}" if heads else "")
+    return write_lpips(targets, sources, net=net, inputs=inputs, dst=dst, dtype=dtype, overwrite=overwrite,
+                       ignore=ignore)
+
+
+def write_lpips(targets, sources, *, net: str, inputs: str, dst, dtype: str, overwrite: bool, ignore) -> Summary:
+    """Resolve ``targets`` from ``sources`` and write the LPIPS ``.ckpt`` ``dst`` atomically (every LPIPS source)."""
     resolved, ignored = resolve(targets, sources, ignore=ignore, dtype=out_dtype(dtype), what=f"lpips {net} {inputs}")
     summary = Summary(f"lpips {net}: {inputs} -> MindSpore LPIPS", ignored=ignored)
     with atomic_outputs(dst, overwrite=overwrite) as (tmp,):

