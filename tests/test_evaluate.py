@@ -220,6 +220,14 @@ def test_baselines_and_sweeps_plan_their_runs(world, tmp_path, capsys):
     run_method(plan, output_dir=tmp_path)
     assert (run_dir / "data").is_symlink() and (run_dir / "data").resolve() == (tmp_path / "data").resolve()
     assert not (run_dir / "train").exists() and not (run_dir / "keywords").exists() and not plan.missing()
+    # Other commands (a changed setting) make the finished run stale: it is set aside and made again.
+    changed = MethodPlan("m", plan.images, run_dir, ((sys.executable, "-c", f"import os; os.chdir({str(run_dir)!r}); "
+                                                      f"{make}; print('changed')"),), retrains=True)
+    assert changed.missing() and changed.images.exists()
+    run_method(changed, output_dir=tmp_path)
+    assert not changed.missing() and plan.missing()
+    assert [p.name.split(".stale-")[0] for p in (tmp_path / "methods").glob("m.stale-*")] == ["m"]
+    assert json.loads((run_dir / "plan.json").read_text())[0][-1].endswith("print('changed')")
     failing = MethodPlan("bad", tmp_path / "none.jsonl", tmp_path / "methods" / "bad",
                          ((sys.executable, "-c", "raise SystemExit(3)"),))
     with pytest.raises(PMGError, match=r"method bad: -c raise SystemExit\(3\) exited with code 3"):

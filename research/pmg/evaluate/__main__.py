@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     plans = plan_methods(ecfg, output_dir=output_dir, config=args.config, overrides=args.overrides)
     if args.plan:
         for plan in plans:
-            state = "missing" if plan.missing() else "found"
+            state = ("found" if not plan.missing() else "stale" if plan.images.exists() else "missing")
             print(f"{plan.name}: {plan.images} ({state})")
             for command in plan.commands:
                 print(f"  {shlex.join(command)}")
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = missing[0]
         hint = ("pass --run-methods to generate them" if plan.run_dir is not None else
                 "run the generation stage first, or point the method at its images")
-        raise PMGError(f"method {plan.name}: images not found at {plan.images} ({hint}; "
+        state = "made with other settings than now" if plan.images.exists() else "not found"
+        raise PMGError(f"method {plan.name}: images {state} at {plan.images} ({hint}; "
                        f"{len(missing)} of {len(plans)} methods missing)")
 
     from research.pmg.runtime import setup_runtime

@@ -21,15 +21,18 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.pmg.data.records import write_atomic
 from research.pmg.errors import PMGError
 from research.pmg.evaluate.config import EvaluateConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST = Path("generate") / "manifest.jsonl"
 LINKED = ("data", "keywords", "train")  # the main run's folders a method run reads
+PLAN_FILE = "plan.json"  # in a method's run folder: the commands that made it, written after they all succeeded
 
 
 class MethodImagesError(PMGError, ValueError):
@@ -47,7 +50,17 @@ class MethodPlan:
     retrains: bool = False  # the run trains its own soft preference instead of linking the main run's
 
     def missing(self) -> bool:
-        return not self.images.exists()
+        """No images yet, or (for a run of its own) images made by other commands than today's: a changed
+        setting such as ``generate.soft_weight`` must not be scored from an older run's images."""
+        return not self.images.exists() or (self.run_dir is not None and not self.current())
+
+    def current(self) -> bool:
+        stamp = self.run_dir / PLAN_FILE if self.run_dir is not None else None
+        return stamp is None or (stamp.is_file() and stamp.read_text(encoding="utf-8") == self.stamp())
+
+    def stamp(self) -> str:
+        """The commands without the interpreter's path (a venv moved elsewhere makes the same images)."""
+        return json.dumps([list(command[1:]) for command in self.commands], indent=1) + "\n"
 
 
 def read_images(source: str | os.PathLike) -> dict[str, Path]:
@@ -135,6 +148,10 @@ def run_method(plan: MethodPlan, *, output_dir: Path) -> None:
     """Make ``plan``'s run folder (links to the main run's inputs) and run its commands in order."""
     if plan.run_dir is None:
         return
+    if plan.run_dir.exists() and not plan.current():  # made with other settings: set aside, never mixed
+        stale = plan.run_dir.with_name(f"{plan.run_dir.name}.stale-{int(time.time())}")
+        plan.run_dir.rename(stale)
+        print(f"[{plan.name}] settings changed since its run; old run moved to {stale}", flush=True)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
         if name == "train" and plan.retrains:
@@ -148,5 +165,6 @@ def run_method(plan: MethodPlan, *, output_dir: Path) -> None:
         if result.returncode != 0:
             raise PMGError(f"method {plan.name}: {' '.join(command[1:3])} exited with code {result.returncode} "
                            f"(its output is above; logs under {plan.run_dir / 'log'})")
-    if plan.missing():
+    if not plan.images.exists():
         raise PMGError(f"method {plan.name}: the run finished but wrote no {plan.images}")
+    write_atomic(plan.run_dir / PLAN_FILE, plan.stamp())
