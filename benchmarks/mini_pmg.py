@@ -60,7 +60,7 @@ def section(summary: dict, output: Path, seconds: float | None) -> str:
     lines += ["", "Acceptance (research/pmg/mini/acceptance.py; checked by tests/test_mini_pmg.py on the default "
               "run):", ""]
     lines += [f"- {'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}" for v in checks]
-    lines += ["", "One run: the soft preference's CPU training is not bit-exact from run to run, and a second run of the "
+    lines += ["", "One run: two runs of the same config differ (where, training or generation, was not tracked down); a second run of the "
               "default config gave PMG - no personalization LPIPS to history -0.0128 [-0.0282, +0.0008] and CLIP to "
               "history +0.030 [-0.018, +0.085]: the direction holds, significance at n = 59 does not reliably.",
               "", END]

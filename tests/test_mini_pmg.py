@@ -121,7 +121,7 @@ def _evaluation(main_job) -> dict:
 
 
 def test_main_job_personalizes_in_the_right_direction_and_keeps_the_target(main_job):
-    """PMG - no personalization, two runs of the default (CPU training is not bit-exact from run to run): LPIPS to
+    """PMG - no personalization in two runs of the default (they differ; the cause is not tracked down): LPIPS to
     history -0.0154 and -0.0128, CLIP to history +0.031 and +0.030; CLIP to target 0.246 -> 0.271 and 0.287."""
     summary = _evaluation(main_job)
     comparison = summary["comparisons"]["pmg"]
