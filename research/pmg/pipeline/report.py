@@ -89,9 +89,10 @@ def _users_section(paths: Paths) -> list[str]:
     if not all(m in (evaluation.get("methods") or {}) for m in USER_COLUMNS.values()):
         return []
     from research.pmg.data.records import load_prepared
+    from research.pmg.keywords.records import load_keywords
 
     data = load_prepared(paths.data)
-    rows = users.user_rows(data, evaluation, users.read_keywords(paths.keywords), USER_COLUMNS)
+    rows = users.user_rows(data, evaluation, load_keywords(paths.keywords), USER_COLUMNS)
     if not rows:
         return []
     write_atomic(paths.root / USERS_FIGURE, users.figure(rows, data))

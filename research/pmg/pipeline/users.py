@@ -9,7 +9,6 @@ favourite themes, so their histories show them. Nothing is recomputed: the image
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +18,7 @@ from PIL import Image, ImageDraw
 from research.pmg.data.records import PreparedData, Sample
 from research.pmg.evaluate.images import load_rgb
 from research.pmg.evaluate.methods import read_images
+from research.pmg.keywords.records import SampleKeywords
 
 # Theme -> how the report names its lover; the sticker world's themes (research.pmg.data.sticker_set.THEMES).
 LOVERS = {"cats": "cat lover", "hearts": "heart lover", "food": "food lover", "faces": "smiley lover",
@@ -52,7 +52,7 @@ def pick_lovers(data: PreparedData, split: str, themes: Sequence[str] = DEFAULT_
     return chosen
 
 
-def user_rows(data: PreparedData, evaluation: Mapping[str, Any], keywords: Mapping[str, Mapping[str, Any]],
+def user_rows(data: PreparedData, evaluation: Mapping[str, Any], keywords: Mapping[str, SampleKeywords],
               columns: Mapping[str, str], themes: Sequence[str] = DEFAULT_THEMES) -> list[UserRow]:
     """Rows for the figure from the evaluation summary; ``columns`` maps a column title to a method name.
 
@@ -66,11 +66,11 @@ def user_rows(data: PreparedData, evaluation: Mapping[str, Any], keywords: Mappi
     allowed = set.intersection(*(set(found) for found in images.values()))
     rows = []
     for theme, sample in pick_lovers(data, evaluation.get("split", "test"), themes, allowed=allowed).items():
-        record = keywords.get(sample.id, {})
+        record = keywords.get(sample.id)
         rows.append(UserRow(label=LOVERS.get(theme, f"{theme} lover"), sample=sample,
                             images={title: found[sample.id] for title, found in images.items()},
-                            preference_keywords=tuple(record.get("preference_keywords", ())),
-                            target_keywords=tuple(record.get("target_keywords", ()))))
+                            preference_keywords=tuple(record.preference_keywords) if record else (),
+                            target_keywords=tuple(record.target_keywords) if record else ()))
     return rows
 
 
@@ -122,16 +122,3 @@ def markdown(rows: Sequence[UserRow], data: PreparedData, image_name: str) -> li
                      f"{', '.join(row.preference_keywords)} | {', '.join(row.target_keywords)} |")
     return lines
 
-
-def read_keywords(path: Path) -> dict[str, dict[str, Any]]:
-    """``{sample id: keyword record}`` of the keyword stage's JSONL (records the report cannot read are left out)."""
-    found = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and "id" in record:
-                found[record["id"]] = record
-    return found
