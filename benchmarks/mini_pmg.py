@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from research.pmg.data.records import write_atomic  # noqa: E402
 from research.pmg.mini.acceptance import verdicts  # noqa: E402
 
 START, END = "<!-- pmg-mini:start -->", "<!-- pmg-mini:end -->"
@@ -87,10 +88,14 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "research.pmg.pipeline", "--config", args.config,
                         "--set", f"runtime.output_dir={args.output}"], cwd=REPO, check=True)
         seconds = time.time() - t0
-    summary = json.loads((REPO / args.output / "evaluate" / "summary.json").read_text(encoding="utf-8"))
+    path = REPO / args.output / "evaluate" / "summary.json"
+    if not path.is_file():
+        print(f"error: {path}: no evaluation summary (run without --no-run first)", file=sys.stderr)
+        return 2
+    summary = json.loads(path.read_text(encoding="utf-8"))
     results = Path(args.results)
     old = results.read_text(encoding="utf-8") if results.is_file() else "# Benchmark results\n"
-    results.write_text(replace_section(old, section(summary, Path(args.output), seconds)), encoding="utf-8")
+    write_atomic(results, replace_section(old, section(summary, Path(args.output), seconds)))
     for v in verdicts(summary):
         print(f"{'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}")
     return 0
