@@ -1,13 +1,29 @@
-"""Test-wide set-up: one CPU runtime per session, and a fixture that runs a test in both modes."""
+"""Test-wide set-up: one CPU runtime per session, a fixture that runs a test in both modes, and the module order
+that lets ``pytest -n 2 --dist loadfile`` (pytest-xdist) keep both cores busy to the end."""
+from pathlib import Path
+
 import pytest
 
 from research.pmg.config import RuntimeConfig
 from research.pmg.runtime import set_execution_mode, setup_runtime
 
+# The modules that take longest (pytest --durations on 2 cores), started first so that neither worker is left
+# with a long module at the end. Every other module follows in its usual order.
+LONGEST_FIRST = ("test_mini_pmg", "test_faults", "test_evaluate_methods", "test_train", "test_pipeline",
+                 "test_mini_images", "test_mini_llm", "test_keywords")
 
-@pytest.fixture(scope="session")
+
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first: ``--dist loadfile --no-loadscope-reorder`` hands out whole modules in this
+    order (a module's fixtures are made once, in one worker)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable within a module
+
+
+@pytest.fixture(scope="session", autouse=True)
 def runtime(tmp_path_factory):
-    """The CPU runtime the whole suite runs on (logs and caches under a temporary folder)."""
+    """The CPU runtime the whole suite runs on (logs and caches under a temporary folder). Set up before any
+    test, whatever the order: MindSpore refuses a device choice once a kernel has run in the process."""
     out = tmp_path_factory.mktemp("pmg-output")
     return setup_runtime(RuntimeConfig(device="CPU", mode="graph", seed=0, output_dir=str(out)))
 
@@ -47,3 +63,12 @@ def tiny_clip(tiny_cfg, runtime, tiny_tokenizers):
     from research.pmg.models import build_clip_parts
 
     return build_clip_parts(tiny_cfg, runtime, tiny_tokenizers)
+
+
+@pytest.fixture(scope="session")
+def pipeline_reference(tmp_path_factory):
+    """The uninterrupted run of the fast tiny pipeline that test_pipeline and test_faults compare against (once per
+    pytest-xdist worker that runs either module)."""
+    from tests.pipeline_helpers import reference_run
+
+    return reference_run(tmp_path_factory)

@@ -1,6 +1,6 @@
 """Running the whole pipeline in tests: a fast variant of the default config, and one shared reference run.
 
-The reference run (uninterrupted, made once per session by whichever test module asks first) is moved to
+The reference run (uninterrupted, made once per session by the ``pipeline_reference`` fixture) is moved to
 ``<base>/reference`` when done, so that other runs can be made at its original path ``<base>/run``: outputs
 that record absolute paths (keyword provenance, the generation settings) then compare byte for byte.
 """
@@ -59,21 +59,17 @@ def digests(root: Path) -> dict[str, str]:
     return {stage: found[stage]["digest"] for stage in COMPARED}
 
 
-_SHARED: dict[str, object] = {}
-
-
 def reference_run(tmp_path_factory) -> dict[str, object]:
-    """``{"base", "path", "proc", "seconds"}`` of the one uninterrupted run of this session."""
-    if not _SHARED:
-        base = tmp_path_factory.mktemp("pipeline")
-        root = base / "run"
-        start = time.time()
-        proc = run_pipeline(root)
-        seconds = time.time() - start
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        os.replace(root, base / "reference")
-        _SHARED.update(base=base, path=base / "reference", proc=proc, seconds=seconds)
-    return _SHARED
+    """``{"base", "path", "proc", "seconds"}`` of one uninterrupted run (the session fixture
+    ``pipeline_reference`` in conftest.py makes it once for every module that asks)."""
+    base = tmp_path_factory.mktemp("pipeline")
+    root = base / "run"
+    start = time.time()
+    proc = run_pipeline(root)
+    seconds = time.time() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    os.replace(root, base / "reference")
+    return {"base": base, "path": base / "reference", "proc": proc, "seconds": seconds}
 
 
 def copy_reference(reference: dict, name: str) -> Path:

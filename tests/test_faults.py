@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from research.pmg.pipeline.runner import damaged_files
-from tests.pipeline_helpers import (COMPARED, STAGES, command, copy_reference, digests, env, reference_run,
+from tests.pipeline_helpers import (COMPARED, STAGES, command, copy_reference, digests, env,
                                     run_pipeline, stamps)
 
 POLL = 0.01
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return reference_run(tmp_path_factory)
+def reference(pipeline_reference):
+    return pipeline_reference
 
 
 def _lines(path: Path) -> int:

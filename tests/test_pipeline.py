@@ -3,18 +3,19 @@ affects."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
 
 from research.pmg.config import load_config
 from research.pmg.pipeline.stages import BY_NAME, Paths, stage_key
-from tests.pipeline_helpers import CONFIG, STAGES, copy_reference, digests, reference_run, run_pipeline, stamps
+from tests.pipeline_helpers import CONFIG, STAGES, copy_reference, digests, run_pipeline, stamps
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return reference_run(tmp_path_factory)
+def reference(pipeline_reference):
+    return pipeline_reference
 
 
 def test_full_run_writes_every_stage_and_the_report(reference):
@@ -75,6 +76,29 @@ def test_stage_keys_follow_settings_and_inputs(tmp_path):
     assert stage_key(BY_NAME["train"], cfg, changed_input) != stage_key(BY_NAME["train"], cfg, inputs)
     assert stage_key(BY_NAME["prepare"], cfg, changed_input) == stage_key(BY_NAME["prepare"], cfg, inputs)
     assert Paths.of(cfg).report == tmp_path / "report.md"
+
+
+def test_model_files_replaced_at_the_same_path_rerun_the_stages_that_read_them(tmp_path):
+    clip, tokenizer = tmp_path / "clip", tmp_path / "tokenizer.model"
+    clip.mkdir()
+    (clip / "model.safetensors").write_bytes(b"a" * 10)
+    tokenizer.write_bytes(b"t")
+    inputs = {name: "d" for name in STAGES}
+
+    def keys():
+        cfg = load_config(CONFIG, [f"runtime.output_dir={tmp_path}", f"models.clip.path={clip}",
+                                   f"models.llm.tokenizer={tokenizer}"])
+        return {s: stage_key(BY_NAME[s], cfg, inputs) for s in STAGES}
+
+    before = keys()
+    assert keys() == before  # nothing changed on disk: nothing re-runs
+    (clip / "model.safetensors").write_bytes(b"b" * 11)  # CLIP converted again
+    after_clip = keys()
+    assert [s for s in STAGES if after_clip[s] != before[s]] == ["generate", "evaluate"]
+    tokenizer.write_bytes(b"u")
+    os.utime(tokenizer, ns=(1, 1))  # same size, other time: a replaced file
+    after_tokenizer = keys()
+    assert [s for s in STAGES if after_tokenizer[s] != after_clip[s]] == ["keywords", "train", "generate"]
 
 
 def test_default_config_is_offline_and_complete():

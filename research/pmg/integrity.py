@@ -1,4 +1,5 @@
-"""Checksums that make a damaged file fail loudly instead of being loaded: sidecar files and folder digests.
+"""Checksums that make a damaged file fail loudly instead of being loaded (sidecar files, folder digests), and
+cheap fingerprints that tell when files were replaced.
 
 A checkpoint ``x.ckpt`` written with :func:`write_sidecar` gets ``x.ckpt.sha256`` beside it; every loader
 calls :func:`verify_sidecar` first, so a file changed after it was written (a flipped bit, a truncated copy,
@@ -58,3 +59,14 @@ def verify_sidecar(path: str | os.PathLike, what: str = "") -> bool:
                                f"file has {actual[:12]}...): the file changed or was damaged after it was written; "
                                "delete it (or its checkpoint folder) to rebuild it")
     return True
+
+
+def files_fingerprint(roots: list[Path]) -> list:
+    """Names, sizes and modification times of every file at ``roots`` (a file, or the files under a folder):
+    cheap, and it changes when a file is replaced or rewritten; reading contents is the stages' job."""
+    out = []
+    for root in roots:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.exists() else []
+        out.append([str(root.resolve()), [[str(p.relative_to(root)) if p != root else p.name, p.stat().st_size,
+                                           p.stat().st_mtime_ns] for p in files]])
+    return out

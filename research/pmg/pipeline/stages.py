@@ -1,8 +1,9 @@
 """The pipeline's stages: what each runs, which settings and inputs its outputs depend on, and what it writes.
 
-A stage's *key* is a hash of the config values it reads (paths that only wire stages together left out)
-and of the digests of its input stages' outputs, so changing ``generate.steps`` re-runs generation and
-evaluation but not training, and re-preparing data that comes out byte-identical re-runs nothing after it.
+A stage's *key* is a hash of the config values it reads (paths that only wire stages together left out), of the
+names, sizes and times of the model files it reads, and of the digests of its input stages' outputs: changing
+``generate.steps`` re-runs generation and evaluation but not training, weights converted again at the same path
+re-run the stages that read them, and re-preparing data that comes out byte-identical re-runs nothing after it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 from research.pmg.config import PMGConfig
 from research.pmg.data.config import bundled_raw
+from research.pmg.integrity import files_fingerprint
 from research.pmg.keywords.records import summary_path
 
 RUNTIME_KEYS = ("device", "mode", "precision", "seed")  # what changes numbers; not paths, threads or device id
@@ -76,20 +78,32 @@ def _runtime(cfg: PMGConfig) -> dict[str, Any]:
 
 
 def raw_fingerprint(cfg: PMGConfig) -> list:
-    """Names, sizes and modification times of the raw input files (cheap; contents are the prepare stage's job)."""
+    """The raw input files' fingerprint."""
     roots = [Path(cfg.data.raw) if cfg.data.raw else bundled_raw(cfg.scenario)]
     if cfg.data.images:
         roots.append(Path(cfg.data.images))
-    out = []
-    for root in roots:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.exists() else []
-        out.append([str(root.resolve()), [[str(p.relative_to(root)) if p != root else p.name, p.stat().st_size,
-                                           p.stat().st_mtime_ns] for p in files]])
-    return out
+    return files_fingerprint(roots)
+
+
+# The config fields of each model that name files on disk: weights converted again (or retrained) at the same path
+# change the fingerprint, so the stages that read them run again.
+MODEL_FILES = {"llm": ("checkpoint", "tokenizer"), "soft_preference": (), "diffusion": ("path",), "clip": ("path",)}
 
 
 def _models(cfg: PMGConfig, *names: str) -> dict[str, Any]:
-    return {name: dataclasses.asdict(getattr(cfg.models, name)) for name in names}
+    out = {}
+    for name in names:
+        section = getattr(cfg.models, name)
+        files = [Path(getattr(section, field)) for field in MODEL_FILES[name] if getattr(section, field)]
+        out[name] = {**dataclasses.asdict(section), "files": files_fingerprint(files)}
+    return out
+
+
+def _lpips_files(cfg: PMGConfig) -> list:
+    """The LPIPS weights' fingerprint, unless the stage converts them itself (``lpips_source``): then the file is
+    its own output, made the same from the installed package every time."""
+    ecfg = cfg.evaluate
+    return files_fingerprint([Path(ecfg.lpips_weights)]) if ecfg.lpips_weights and not ecfg.lpips_source else []
 
 
 STAGES: tuple[Stage, ...] = (
@@ -112,7 +126,8 @@ STAGES: tuple[Stage, ...] = (
           outputs=lambda p: [p.generate], owned=lambda p: [p.generate]),
     Stage("evaluate", "research.pmg.evaluate", ("prepare", "keywords", "generate"),
           settings=lambda c: {"scenario": c.scenario, "evaluate": _section(c, "evaluate", "data", "keywords", "out"),
-                              "models": _models(c, "clip"), "runtime": _runtime(c)},
+                              "models": _models(c, "clip"), "runtime": _runtime(c),
+                              "lpips_files": _lpips_files(c)},
           outputs=lambda p: [p.evaluate], extra_args=lambda p: ["--run-methods"]),
     Stage("report", "", ("prepare", "keywords", "train", "generate", "evaluate"),
           settings=lambda c: {}, outputs=lambda p: [p.report]),

@@ -10,6 +10,7 @@ import mindspore as ms
 from research.pmg.config import PMGConfig
 from research.pmg.data.records import PreparedData
 from research.pmg.errors import PMGError
+from research.pmg.integrity import files_fingerprint
 from research.pmg.runtime import Runtime
 from research.pmg.train import dataset as ds
 from research.pmg.train.loop import Trainer
@@ -64,10 +65,12 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
             out.append(moments.astype(ms.float32).asnumpy())
         return np.concatenate(out)
 
-    fingerprint = {"llm": llm_cfg.__dict__, "soft": soft_cfg.__dict__, "diffusion": cfg.models.diffusion.path or
-                   {"unet": cfg.models.diffusion.unet, "vae": cfg.models.diffusion.vae,
-                    "text_encoder": cfg.models.diffusion.text_encoder, "seed": cfg.runtime.seed},
-                   "tokenizer": str(tokenizers.llm), "image_size": image_size}
+    diffusion = cfg.models.diffusion
+    fingerprint = {"llm": llm_cfg.__dict__, "soft": soft_cfg.__dict__,
+                   "diffusion": files_fingerprint([Path(diffusion.path)]) if diffusion.path else
+                   {"unet": diffusion.unet, "vae": diffusion.vae, "text_encoder": diffusion.text_encoder,
+                    "seed": cfg.runtime.seed},
+                   "tokenizer": files_fingerprint([Path(tokenizers.llm)]), "image_size": image_size}
     arrays = ds.build_arrays(
         examples_from(prepared, keywords), runtime.cache_dir, fingerprint,
         tokenize=lambda prompts: ds.tokenize_prompts(llm_tokenizer, prompts, prompt_len, llm_cfg.pad_token_id),
