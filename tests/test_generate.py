@@ -344,6 +344,26 @@ def test_outputs_manifest_and_contact_sheets(tmp_path, gen_cfg, runtime, stage_i
     assert not [p for p in out.rglob(".*")], "temporary files left behind"
 
 
+def test_without_preference_keywords_candidates_are_ranked_by_accuracy_alone(tmp_path, gen_cfg, runtime,
+                                                                            stage_inputs, models):
+    """The baselines (no personalization, soft only) must not use the preference keywords to pick either."""
+    out = tmp_path / "generate"
+    run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=2, preference_keywords=False, a=0.7)
+    assert json.loads((out / "settings.json").read_text())["a"] == 0.0
+    for record in (json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()):
+        d_t = [c["d_t"] for c in record["candidates"]]
+        assert record["chosen"] == int(np.argmax(d_t))
+        for c in record["candidates"]:
+            assert c["z"] == pytest.approx(np.log(max(c["d_t"], 1e-6)), abs=1e-12)
+    # with the preference keywords, the same a weighs d_p in
+    pmg = tmp_path / "pmg"
+    run_stage(gen_cfg, runtime, stage_inputs, pmg, models, max_samples=2, a=0.7)
+    assert json.loads((pmg / "settings.json").read_text())["a"] == 0.7
+    record = json.loads((pmg / "manifest.jsonl").read_text().splitlines()[0])
+    c = record["candidates"][0]
+    assert c["z"] == pytest.approx(0.7 * np.log(max(c["d_p"], 1e-6)) + 0.3 * np.log(max(c["d_t"], 1e-6)), abs=1e-12)
+
+
 def test_resume_skips_finished_samples_and_drops_a_torn_line(tmp_path, gen_cfg, runtime, stage_inputs, models):
     out = tmp_path / "generate"
     run_stage(gen_cfg, runtime, stage_inputs, out, models, max_samples=2)

@@ -41,7 +41,7 @@ class GenerateConfig:
     scheduler: Literal["ddim", "dpm_solver"] = "dpm_solver"  # DDIM with eta 0, or DPM-Solver++ multistep
     size: int = 0  # image side in pixels; 0 = the UNet's native size (sample_size x VAE factor)
     negative_prompt: Optional[str] = None  # None = the scenario's prompt from the official demo; "" = empty
-    a: float = 0.5  # balance: z = a * log d_p + (1 - a) * log d_t
+    a: float = 0.5  # balance: z = a * log d_p + (1 - a) * log d_t; 0 when preference_keywords is false
     score_form: Literal["log", "linear"] = "log"  # log: the paper's formula; linear: a * d_p + (1 - a) * d_t
     micro_batch: int = 8  # candidates per UNet call, from several samples (the UNet sees 2x rows with guidance)
     splits: list[str] = field(default_factory=lambda: ["test"])
@@ -82,6 +82,12 @@ class GenerateConfig:
     def num_candidates(self) -> int:
         """K weight sets times M images: the candidates of one sample."""
         return len(self.weight_sets) * self.images_per_set
+
+    @property
+    def selection_a(self) -> float:
+        """The ``a`` candidates are ranked with. A method generated without the preference keywords (no
+        personalization, soft only) must not use them to pick its image either, so it ranks by d_t alone."""
+        return self.a if self.preference_keywords else 0.0
 
     def negative_for(self, scenario: str) -> str:
         return DEFAULT_NEGATIVE_PROMPTS.get(scenario, "") if self.negative_prompt is None else self.negative_prompt

@@ -159,7 +159,7 @@ def run_settings(cfg: PMGConfig, gcfg: GenerateConfig) -> dict[str, Any]:
         "weighting": gcfg.weighting, "preference_keywords": gcfg.preference_keywords, "soft_weight": gcfg.soft_weight,
         "soft_checkpoint": str(resolve_soft_checkpoint(gcfg.soft_checkpoint).resolve()) if gcfg.soft_checkpoint else "",
         "steps": gcfg.steps, "guidance": gcfg.guidance, "scheduler": gcfg.scheduler, "size": gcfg.size,
-        "negative_prompt": gcfg.negative_for(cfg.scenario), "a": gcfg.a, "score_form": gcfg.score_form,
+        "negative_prompt": gcfg.negative_for(cfg.scenario), "a": gcfg.selection_a, "score_form": gcfg.score_form,
         "seed": cfg.runtime.seed,
         "models": {"diffusion": dataclasses.asdict(models.diffusion), "clip": dataclasses.asdict(models.clip),
                    "llm": dataclasses.asdict(models.llm) if gcfg.soft_checkpoint else None,
@@ -261,7 +261,8 @@ def finish_sample(models: GenerationModels, gcfg: GenerateConfig, job: SampleJob
     and return the sample's manifest record. ``history`` are its history image files."""
     sample, example = job.sample, job.example
     images = to_uint8(images)
-    selection = models.scorer.choose(images, example.preference_text, example.target_text, gcfg.a, gcfg.score_form)
+    selection = models.scorer.choose(images, example.preference_text, example.target_text, gcfg.selection_a,
+                                     gcfg.score_form)
     candidates = []
     for i, ((ki, mi), image) in enumerate(zip(job.keys, images)):
         path = outputs.candidate_image(sample.id, ki, mi)
