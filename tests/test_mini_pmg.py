@@ -1,9 +1,10 @@
 """PMG-mini end to end: the README's main job on a fresh output folder personalizes, and the report shows it.
 
-The slow test runs exactly ``bash scripts/run_train.sh`` (the bundled default: configs/mini/pmg.yaml, the committed
-mini models, CPU) with network access blocked for every process it starts, then checks the report's simulated
-users and the acceptance rule of research/pmg/mini/acceptance.py on the fixed seed of the config. The fast tests
-pin the parts: which users the report picks, the figure's layout, and the rule itself on hand-made summaries.
+The main-job tests run exactly ``bash scripts/run_train.sh`` (the bundled default: configs/mini/pmg.yaml, the
+committed mini models, CPU) with network access blocked for every process it starts, then check the report's
+simulated users and the acceptance rule of research/pmg/mini/acceptance.py on the fixed seed of the config; the
+opt-in held-out test checks the rule where it has the statistical power (339 samples of new users). The fast
+tests pin the parts: which users the report picks, the figure's layout, and the rule itself on hand-made summaries.
 """
 import io
 import json
@@ -121,8 +122,8 @@ def _evaluation(main_job) -> dict:
 
 
 def test_main_job_personalizes_in_the_right_direction_and_keeps_the_target(main_job):
-    """PMG - no personalization in two runs of the default (they differ; the cause is not tracked down): LPIPS to
-    history -0.0154 and -0.0128, CLIP to history +0.031 and +0.030; CLIP to target 0.246 -> 0.271 and 0.287."""
+    """PMG - no personalization on the default run (deterministic: the same numbers every run): LPIPS to history
+    -0.0187, CLIP to history +0.014, CLIP to target 0.291 -> 0.271 (-6.8 %)."""
     summary = _evaluation(main_job)
     comparison = summary["comparisons"]["pmg"]
     assert comparison["lpips_history"]["diff"] < 0, comparison["lpips_history"]
@@ -131,9 +132,31 @@ def test_main_job_personalizes_in_the_right_direction_and_keeps_the_target(main_
     assert accuracy.passed, accuracy.detail
 
 
-@pytest.mark.xfail(reason="issue #10 acceptance not met yet: at n = 59 the 95% paired intervals do not exclude zero "
-                   "reliably (LPIPS to history [-0.0292, -0.0025] in one run, [-0.0282, +0.0008] in another; CLIP to "
-                   "history [-0.015, +0.083])")
+@pytest.mark.xfail(strict=True, reason="59 test samples are too few for CLIP to history (+0.014 [-0.031, +0.066]; "
+                   "LPIPS passes, -0.0187 [-0.0325, -0.0053]); met on 339 held-out samples of new users by the opt-in "
+                   "test_held_out_users_personalize_significantly")
 def test_main_job_personalizes_significantly(main_job):
     checks = [v for v in verdicts(_evaluation(main_job)) if not v.what.startswith(ACCURACY)]
     assert all(v.passed for v in checks), [v.detail for v in checks]
+
+
+HELD_OUT_CONFIG = REPO / "configs" / "mini" / "held_out_400.yaml"
+
+
+@pytest.mark.skipif(not os.environ.get("PMG_SLOW_TESTS"), reason="opt-in (PMG_SLOW_TESTS=1): about 25 min on 2 cores, "
+                    "beyond the CI budget; benchmarks/results.md records its last run")
+def test_held_out_users_personalize_significantly(tmp_path):
+    """The acceptance rule on 339 held-out samples of 384 new users (configs/mini/held_out_400.yaml, world seed 3):
+    measured +0.029 [+0.006, +0.052] CLIP to history, -0.0148 [-0.0208, -0.0081] LPIPS to history, CLIP to target
+    -5.8 %. ``PMG_HELD_OUT_DIR`` names an output folder to reuse (finished stages are skipped when up to date)."""
+    out = Path(os.environ.get("PMG_HELD_OUT_DIR") or tmp_path / "mini_400").resolve()
+    world = out.parent / f"{out.name}_world"
+    subprocess.run([sys.executable, "-m", "research.pmg.data.sticker_set", "--out", str(world), "--users", "400",
+                    "--events", "10", "--seed", "3"], cwd=REPO, check=True, capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "research.pmg.pipeline", "--config", str(HELD_OUT_CONFIG),
+                          "--set", f"runtime.output_dir={out}", "--set", f"data.raw={world}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=7200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = _evaluation(out)
+    assert summary["samples"] == 339
+    assert all(v.passed for v in verdicts(summary)), [v.detail for v in verdicts(summary)]
