@@ -53,6 +53,10 @@ def table(summary: dict) -> list[str]:
     return lines
 
 
+def verdict_line(v) -> str:
+    return f"{'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}"
+
+
 def section(summary: dict, output: Path, seconds: float | None, held_out: tuple[dict, Path] | None) -> str:
     lines = [START, "## PMG-mini: does it personalize?", "",
              f"Written by `python benchmarks/mini_pmg.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
@@ -62,7 +66,7 @@ def section(summary: dict, output: Path, seconds: float | None, held_out: tuple[
     lines += table(summary)
     lines += ["", "Acceptance (research/pmg/mini/acceptance.py; checked by tests/test_mini_pmg.py on the default "
               "run):", ""]
-    lines += [f"- {'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}" for v in verdicts(summary)]
+    lines += [f"- {verdict_line(v)}" for v in verdicts(summary)]
     if held_out:
         other, folder = held_out
         lines += ["", f"### On {other['samples']} held-out samples of new users", "",
@@ -70,7 +74,7 @@ def section(summary: dict, output: Path, seconds: float | None, held_out: tuple[
                   "simulated users, seed 3, one test sample per user with enough sticker uses), PMG against no "
                   "personalization; checked by the opt-in test `PMG_SLOW_TESTS=1 python -m pytest tests/test_mini_pmg.py "
                   "-k held_out` (about 30 min on 2 cores, beyond the CI budget):", ""]
-        lines += [f"- {'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}" for v in verdicts(other)]
+        lines += [f"- {verdict_line(v)}" for v in verdicts(other)]
     lines += ["", "The selection settings (a, score form, weight sets, images per set) and w_s were compared on the "
               "valid split, never on these test samples (research/pmg/mini/README.md).", "", END]
     return "\n".join(lines)
@@ -110,7 +114,7 @@ def main() -> int:
     write_atomic(results, replace_section(old, section(summary, Path(args.output), seconds, held_out)))
     for name, found in (("default world", summary), ("held-out users", held_out[0] if held_out else None)):
         for v in verdicts(found) if found else []:
-            print(f"{name}: {'PASS' if v.passed else 'FAIL'} {v.what}: {v.detail}")
+            print(f"{name}: {verdict_line(v)}")
     return 0
 
 
