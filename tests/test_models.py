@@ -254,3 +254,69 @@ def test_llama_checkpoint_round_trip_and_errors(tiny_cfg, runtime, llama_and_pre
         load_checkpoint_into(fresh, truncated, what="models.llm")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint_into(fresh, tmp_path / "absent.ckpt", what="models.llm")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ascend paths checked on CPU: flash attention with a prefix, the paged KV cache, recompute
+# ---------------------------------------------------------------------------------------------------------------------
+def _flash_runtime(runtime):
+    """The runtime as a 910B would resolve it (flash attention on), for building, not running, the Ascend graph."""
+    from dataclasses import replace
+
+    return replace(runtime, flash_attention=True)
+
+
+def test_prefix_model_with_flash_attention_computes_ordinary_prefix_attention(tiny_cfg, runtime):
+    """MindFormers builds FlashAttentionScore(sparse_mode=0, next_tokens=0) and puts the S prefix keys in front:
+    counted from the top-left corner, that band hid each query's last S keys. The arguments and mask the project
+    builds, run through a NumPy model of the kernel, must equal ordinary prefix attention with either corner."""
+    from research.pmg.models.soft_preference import SoftPreferenceEncoder
+    from research.pmg.selftest.attention import (CORNERS, flash_args, flash_attention_score, prefix_attention,
+                                                 project_mask)
+
+    llm, soft = tiny_cfg.models.llm, tiny_cfg.models.soft_preference
+    S, L = soft.prefix_len, 16
+    llm_short = type(llm)(**{**llm.__dict__, "seq_length": L})
+    llama = build_llm(tiny_cfg.__class__(**{**tiny_cfg.__dict__, "models": type(tiny_cfg.models)(
+        **{**tiny_cfg.models.__dict__, "llm": llm_short})}), _flash_runtime(runtime), batch_size=BATCH)
+    before = flash_args(llama)
+    assert {a.next_tokens for a in before} == {0}, "MindFormers' own band changed: re-read its source"
+    SoftPreferenceEncoder(llama, llm_short, soft, ctx_dim=32)
+    after = flash_args(llama)
+    assert len(after) == llm.num_layers and {a.next_tokens for a in after} == {S}
+
+    rng = np.random.default_rng(0)
+    heads, dim = llm.num_heads, llm.hidden_size // llm.num_heads
+    tokens = random_ids(rng, BATCH, L, llm.vocab_size)
+    tokens[1, :5] = llm.pad_token_id  # left padding, as the soft-preference prompts have
+    mask = project_mask(llama, tokens, S)
+    q, k, v = (rng.normal(size=(BATCH, heads, L, dim)) for _ in range(3))
+    kp, vp = (rng.normal(size=(BATCH, heads, S, dim)) for _ in range(2))
+    expected = prefix_attention(q, kp, vp, k, v, tokens == llm.pad_token_id, after[0].scale_value)
+    keys, values = np.concatenate([kp, k], 2), np.concatenate([vp, v], 2)
+    for corner in CORNERS:
+        got = flash_attention_score(q, keys, values, mask, after[0], corner)
+        np.testing.assert_allclose(got, expected, atol=1e-12, err_msg=f"band counted from the {corner} corner")
+    # The defect this guards against: MindFormers' next_tokens = 0, counted from the top-left corner.
+    broken = flash_attention_score(q, keys, values, mask, before[0], "top_left")
+    assert np.abs(broken - expected)[:, :, :, :].max() > 0.1
+
+
+def test_keyword_batch_16_at_seq_length_1024_fits_the_paged_kv_cache(tiny_cfg, runtime):
+    """MindFormers' default pool (512 blocks x 16 tokens) refuses more than 8 rows of 1024 tokens."""
+    from mindformers.modules.block_tables import BlockTables
+
+    from research.pmg.models.llama import llama_config
+
+    llm = type(tiny_cfg.models.llm)(**{**tiny_cfg.models.llm.__dict__, "seq_length": 1024})
+    config = llama_config(llm, runtime, batch_size=16, use_past=True)
+    def prefill_full_rows(num_blocks):  # what MindFormers' generate does first: a block table for every row
+        tables = BlockTables(num_blocks, config.block_size, config.seq_length)
+        tables.init_cache_engine(16)
+        return tables.assemble_pa_full_inputs(1024, np.full(16, 1024, np.int32), [False] * 16)
+
+    block_tables, slots = prefill_full_rows(config.num_blocks)
+    assert block_tables.shape == (16, 1024 // 16) and slots.shape == (16 * 1024,)
+    with pytest.raises(RuntimeError, match="block pool is out of memory"):  # MindFormers' default pool
+        prefill_full_rows(512)
+    assert llama_config(llm, runtime, batch_size=16, use_past=True, kv_blocks=2000).num_blocks == 2000

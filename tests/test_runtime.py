@@ -7,22 +7,91 @@ from pathlib import Path
 
 import pytest
 
-from research.pmg.config import RuntimeConfig
-from research.pmg.runtime import OFFLINE_ENV, prepare_environment, resolve_precision
+from research.pmg.config import ConfigError, RuntimeConfig
+from research.pmg.runtime import (OFFLINE_ENV, prepare_environment, requested_device_id, resolve_flash_attention,
+                                 resolve_loss_scale, resolve_precision, setup_runtime)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("precision, device, expected", [
-    ("auto", "CPU", "fp32"), ("auto", "Ascend", "bf16"), ("fp16", "Ascend", "fp16"), ("fp32", "CPU", "fp32"),
+@pytest.mark.parametrize("precision, device, chip, expected", [
+    ("auto", "CPU", "", "fp32"), ("auto", "Ascend", "ascend910b", "bf16"), ("auto", "Ascend", "ascend910_93", "bf16"),
+    ("auto", "Ascend", "ascend910", "fp16"), ("auto", "Ascend", "ascend-unknown", "fp16"),
+    ("fp16", "Ascend", "ascend910b", "fp16"), ("fp32", "Ascend", "ascend910", "fp32"), ("fp32", "CPU", "", "fp32"),
 ])
-def test_precision_resolution(precision, device, expected):
-    assert resolve_precision(precision, device) == expected
+def test_precision_resolution_follows_the_chip(precision, device, chip, expected):
+    """910A (MindSpore's "ascend910") has no bf16: auto must pick fp16 there, bf16 on 910B."""
+    assert resolve_precision(precision, device, chip) == expected
 
 
-def test_half_precision_on_cpu_is_refused():
-    with pytest.raises(ValueError, match="runtime.precision=bf16 is not supported on CPU"):
+def test_half_precision_the_device_cannot_run_is_a_config_error():
+    with pytest.raises(ConfigError, match="runtime.precision=bf16 is not supported on CPU"):
         resolve_precision("bf16", "CPU")
+    with pytest.raises(ConfigError, match=r"runtime.precision=bf16: this chip \(ascend910\) has no bf16"):
+        resolve_precision("bf16", "Ascend", "ascend910")
+
+
+@pytest.mark.parametrize("setting, device, chip, expected", [
+    ("auto", "CPU", "", False), ("auto", "Ascend", "ascend910b", True), ("auto", "Ascend", "ascend910", False),
+    ("off", "Ascend", "ascend910b", False), ("on", "Ascend", "ascend910b", True), ("off", "CPU", "", False),
+])
+def test_flash_attention_follows_the_chip(setting, device, chip, expected):
+    assert resolve_flash_attention(setting, device, chip) is expected
+
+
+@pytest.mark.parametrize("device, chip", [("CPU", ""), ("Ascend", "ascend910")])
+def test_flash_attention_forced_on_where_there_is_no_kernel_is_a_config_error(device, chip):
+    with pytest.raises(ConfigError, match="runtime.flash_attention=on: .* has no flash-attention kernel"):
+        resolve_flash_attention("on", device, chip)
+
+
+@pytest.mark.parametrize("setting, precision, expected", [
+    ("auto", "fp16", "dynamic"), ("auto", "bf16", "none"), ("auto", "fp32", "none"), ("static", "fp16", "static"),
+    ("none", "fp16", "none"),
+])
+def test_loss_scale_auto_is_dynamic_in_fp16_only(setting, precision, expected):
+    assert resolve_loss_scale(setting, precision) == expected
+
+
+MSRUN_WORKER_ENV = {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2", "MS_NODE_ID": "1", "MS_SCHED_HOST": "127.0.0.1",
+                    "MS_SCHED_PORT": "8118"}
+
+
+class _StopAtSetDevice(Exception):
+    pass
+
+
+def test_under_msrun_the_runtime_asks_mindspore_for_no_explicit_device(tmp_path, monkeypatch):
+    """mindspore.set_device negotiates a device per msrun worker only when device_id is None: an explicit id (the
+    old default 0) put all eight workers of a node on NPU 0."""
+    import mindspore as ms
+
+    for key, value in MSRUN_WORKER_ENV.items():
+        monkeypatch.setenv(key, value)
+    calls = []
+
+    def record(target, device_id=None):
+        calls.append((target, device_id))
+        raise _StopAtSetDevice
+
+    monkeypatch.setattr(ms, "set_device", record)
+    with pytest.raises(_StopAtSetDevice):
+        setup_runtime(RuntimeConfig(device="CPU", output_dir=str(tmp_path)))
+    assert calls == [("CPU", None)]
+
+
+def test_a_configured_device_id_under_msrun_is_one_config_error(monkeypatch):
+    for key, value in MSRUN_WORKER_ENV.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="runtime.device_id=0 is set, but msrun gives each worker its own device"):
+        requested_device_id(RuntimeConfig(device_id=0))
+    assert requested_device_id(RuntimeConfig()) is None
+
+
+def test_a_single_process_keeps_its_configured_device_id(monkeypatch):
+    monkeypatch.delenv("MS_ROLE", raising=False)
+    assert requested_device_id(RuntimeConfig(device_id=3)) == 3
+    assert requested_device_id(RuntimeConfig()) is None
 
 
 def test_prepare_environment_sets_offline_and_log_folders(tmp_path, monkeypatch):

@@ -117,6 +117,29 @@ def test_graph_and_pynative_give_the_same_loss(tmp_path, runtime, prepared):
     assert step_loss == pytest.approx(losses["pynative"], rel=1e-5)
 
 
+def test_recompute_gives_the_same_step_and_marks_llm_layers_and_unet_blocks(tmp_path, runtime, prepared):
+    """train.recompute (for the frozen 7B's backward on a 32 GB NPU) trades memory for time, not results: two
+    optimizer steps with and without it give the same losses and trainable parameters (graph mode, CPU)."""
+    results = {}
+    for recompute in (False, True):
+        trainer = make_trainer(tmp_path, runtime, prepared, f"train.recompute={str(recompute).lower()}")
+        layers = trainer.encoder.llama.model.layers
+        unet = trainer.loss_net.unet
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        marked = [getattr(cell, "_recompute_cell", None) is not None for cell in [*layers, *blocks]]
+        assert all(marked) if recompute else not any(marked), f"recompute={recompute}: {marked}"
+        rows = trainer.arrays.indices("train")[:trainer.cfg.train.batch_size]
+        losses = [float(trainer.step_cell(*trainer._inputs(rows, step=i, micro=0, stream=0))[1].asnumpy())
+                  for i in range(2)]
+        results[recompute] = losses, {n: p.asnumpy().copy() for n, p in trainer.loss_net.parameters_and_names()
+                                      if p.requires_grad}
+    (plain_losses, plain), (re_losses, re) = results[False], results[True]
+    np.testing.assert_allclose(re_losses, plain_losses, rtol=1e-5)
+    assert sorted(re) == sorted(plain)
+    for name in plain:
+        np.testing.assert_allclose(re[name], plain[name], rtol=1e-4, atol=1e-7, err_msg=name)
+
+
 # A test-only tiny UNet whose cross-attention can reach the output (see the test below): attention in every block,
 # the mid block included, 8/16 heads of width 4, a 128-wide context; 48 multimodal tokens, the target keywords
 # alone besides them. The LLM reads 112 positions instead of 512 (the history prompts, 78-123 tokens, keep their

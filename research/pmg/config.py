@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -35,9 +35,14 @@ class RuntimeConfig:
     """Where and how MindSpore runs. Applied once by :func:`research.pmg.runtime.setup_runtime`."""
 
     device: Literal["auto", "CPU", "Ascend"] = "auto"  # auto: Ascend if the package and a device exist, else CPU
-    device_id: int = 0
+    # One process: the NPU to run on (None = MindSpore's default, DEVICE_ID or 0). Under msrun it must stay
+    # unset: msrun gives each worker its own device only when none is named.
+    device_id: Optional[int] = None
     mode: Literal["graph", "pynative"] = "graph"  # graph for speed; pynative only to debug
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16 on Ascend, fp32 on CPU
+    # auto: bf16 where the chip has it (910B and later), fp16 with dynamic loss scaling where not (910A), fp32 on CPU
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # Fused flash attention in the LLM. auto: on where the chip has it (910B and later), off on 910A and CPU.
+    flash_attention: Literal["auto", "on", "off"] = "auto"
     seed: int = 42
     num_threads: int = 0  # CPU runtime threads; 0 = number of cores
     output_dir: str = "output"  # every stage writes below this folder
@@ -45,7 +50,7 @@ class RuntimeConfig:
     cache_dir: str = ""  # built tokenizers, cached latents; "" = <output_dir>/cache
 
     def validate(self, where: str) -> None:
-        _check(self.device_id >= 0, where, "device_id", "must be >= 0")
+        _check(self.device_id is None or 0 <= self.device_id < 4096, where, "device_id", "must be in [0, 4096) or unset")
         _check(self.num_threads >= 0, where, "num_threads", "must be >= 0")
         _check(bool(self.output_dir), where, "output_dir", "must not be empty")
 
@@ -183,8 +188,12 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_accum_steps: int = 1
     grad_clip: float = 1.0  # max global norm; 0 disables clipping
-    loss_scale: Literal["none", "static", "dynamic"] = "none"  # fp16 on Ascend needs dynamic; bf16/fp32 none
+    # auto: dynamic when the runtime computes in fp16 (its range overflows), none for bf16 and fp32
+    loss_scale: Literal["auto", "none", "static", "dynamic"] = "auto"
     initial_loss_scale: float = 65536.0
+    # Recompute activations in the backward pass instead of keeping them (LLM layers and UNet blocks): less
+    # memory, about one more forward pass of time. Off on CPU, where memory is not the limit.
+    recompute: bool = False
     # Conditioning of the UNet during training: which keyword groups go with the soft embedding, and weights.
     conditioning: Literal["full", "soft_only"] = "full"  # full: target + preference keywords + soft; soft_only: target + soft
     target_weight: float = 1.0  # w_t

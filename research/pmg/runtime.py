@@ -7,14 +7,16 @@ say otherwise), and the CPU compatibility layer must be installed before models 
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from research.pmg.config import RuntimeConfig
+from research.pmg.config import ConfigError, RuntimeConfig
 
 # No stage may reach a model hub: weights come from local folders converted by ckpt_convert.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -33,6 +35,9 @@ class Runtime:
     cache_dir: Path
     rank: int = 0  # this worker's index under msrun; 0 alone
     world_size: int = 1  # number of data-parallel workers
+    chip: str = ""  # the Ascend SoC as MindSpore names it ("ascend910b", "ascend910" = 910A, ...); "" on CPU
+    flash_attention: bool = False  # the LLM uses the fused FlashAttentionScore kernel
+    device_id: Optional[int] = None  # the device asked for; None = msrun's (or MindSpore's) choice
 
     @property
     def compute_dtype(self):
@@ -40,6 +45,33 @@ class Runtime:
         import mindspore as ms
 
         return {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[self.precision]
+
+
+@dataclass(frozen=True)
+class ChipFeatures:
+    """What an Ascend chip can run fast: bf16 arithmetic and the fused flash-attention kernel."""
+
+    bf16: bool
+    flash_attention: bool
+
+
+# MindSpore's names (MSContext.get_ascend_soc_version). 910A (the official PMG code's hardware) has neither bf16
+# nor FlashAttentionScore ("Only support on Atlas A2 training series"); 910B (Atlas A2) and 910_93 have both.
+CHIPS = {
+    "ascend910": ChipFeatures(bf16=False, flash_attention=False),
+    "ascend910b": ChipFeatures(bf16=True, flash_attention=True),
+    "ascend910_93": ChipFeatures(bf16=True, flash_attention=True),
+    "ascend310p": ChipFeatures(bf16=False, flash_attention=False),
+}
+# A chip this table does not know gets the path that runs everywhere (fp16, no flash attention), with a warning.
+UNKNOWN_CHIP = ChipFeatures(bf16=False, flash_attention=False)
+
+
+def chip_features(device: str, chip: str) -> ChipFeatures:
+    """Features of ``chip`` on ``device``; CPU has neither."""
+    if device != "Ascend":
+        return ChipFeatures(bf16=False, flash_attention=False)
+    return CHIPS.get(chip, UNKNOWN_CHIP)
 
 
 def detect_device() -> str:
@@ -54,13 +86,58 @@ def detect_device() -> str:
     return "CPU"
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` means bf16 on Ascend (910B has fast bf16) and fp32 on CPU (no fast half kernels there)."""
-    if precision != "auto":
-        if device == "CPU" and precision != "fp32":
-            raise ValueError(f"runtime.precision={precision} is not supported on CPU; use fp32 or auto")
-        return precision
-    return "bf16" if device == "Ascend" else "fp32"
+def detect_chip(device: str) -> str:
+    """The Ascend SoC name MindSpore reports once the device is set (MindFormers and mindspore.amp read the same)."""
+    if device != "Ascend":
+        return ""
+    from mindspore._c_expression import MSContext
+
+    return MSContext.get_instance().get_ascend_soc_version() or ""
+
+
+def resolve_precision(precision: str, device: str, chip: str = "") -> str:
+    """``auto``: bf16 where the chip has it, fp16 on Ascend chips without it (910A), fp32 on CPU.
+
+    An explicit half precision the device cannot run is a config error, named here rather than deep in a kernel.
+    """
+    features = chip_features(device, chip)
+    if precision == "auto":
+        if device != "Ascend":
+            return "fp32"
+        return "bf16" if features.bf16 else "fp16"
+    if device == "CPU" and precision != "fp32":
+        raise ConfigError(f"runtime.precision={precision} is not supported on CPU; use fp32 or auto")
+    if precision == "bf16" and device == "Ascend" and not features.bf16:
+        raise ConfigError(f"runtime.precision=bf16: this chip ({chip or 'unknown'}) has no bf16; use fp16 or auto")
+    return precision
+
+
+def resolve_flash_attention(setting: str, device: str, chip: str = "") -> bool:
+    """``auto``: on where the chip has the kernel (910B and later); ``on`` elsewhere is a config error."""
+    available = chip_features(device, chip).flash_attention
+    if setting == "on" and not available:
+        where = "CPU" if device != "Ascend" else f"this chip ({chip or 'unknown'})"
+        raise ConfigError(f"runtime.flash_attention=on: {where} has no flash-attention kernel; use auto or off")
+    return available if setting == "auto" else setting == "on"
+
+
+def resolve_loss_scale(setting: str, precision: str) -> str:
+    """``auto``: dynamic loss scaling in fp16 (its gradients underflow without it), none in bf16 and fp32."""
+    if setting != "auto":
+        return setting
+    return "dynamic" if precision == "fp16" else "none"
+
+
+def requested_device_id(cfg: RuntimeConfig) -> Optional[int]:
+    """The device id to pass to ``mindspore.set_device``: None under msrun, which negotiates one per worker.
+
+    ``mindspore.set_device`` lets msrun give each worker its own device only when the id is None; any explicit
+    id (even 0) pins every worker of the node to that one NPU. So a configured id under msrun is an error.
+    """
+    if launched_by_msrun() and cfg.device_id is not None:
+        raise ConfigError(f"runtime.device_id={cfg.device_id} is set, but msrun gives each worker its own device "
+                          "and an explicit id would put every worker on that one; remove runtime.device_id")
+    return cfg.device_id
 
 
 def prepare_environment(cfg: RuntimeConfig) -> tuple[Path, Path, Path]:
@@ -90,8 +167,18 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
     import mindspore as ms
 
     device = detect_device() if cfg.device == "auto" else cfg.device
-    precision = resolve_precision(cfg.precision, device)
-    ms.set_device(device, cfg.device_id)
+    if device == "CPU":
+        # Checked before anything touches MindSpore, so a bad combination costs no device setup.
+        resolve_precision(cfg.precision, device)
+        resolve_flash_attention(cfg.flash_attention, device)
+    device_id = requested_device_id(cfg)
+    ms.set_device(device, device_id)
+    chip = detect_chip(device)
+    if device == "Ascend" and chip not in CHIPS:
+        logging.getLogger(__name__).warning("unknown Ascend chip %r: running fp16 without flash attention "
+                                            "(set runtime.precision / runtime.flash_attention to override)", chip)
+    precision = resolve_precision(cfg.precision, device, chip)
+    flash_attention = resolve_flash_attention(cfg.flash_attention, device, chip)
     set_execution_mode(cfg.mode)
     if device == "CPU":
         ms.set_context(runtime_num_threads=cfg.num_threads or os.cpu_count() or 1)
@@ -102,7 +189,8 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         install_cpu_compat()
     rank, world_size = init_data_parallel() if launched_by_msrun() else (0, 1)
     return Runtime(device=device, mode=cfg.mode, precision=precision, output_dir=output_dir,
-                   log_dir=log_dir, cache_dir=cache_dir, rank=rank, world_size=world_size)
+                   log_dir=log_dir, cache_dir=cache_dir, rank=rank, world_size=world_size, chip=chip,
+                   flash_attention=flash_attention, device_id=device_id)
 
 
 def launched_by_msrun() -> bool:

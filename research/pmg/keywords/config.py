@@ -33,6 +33,9 @@ class KeywordsConfig:
     max_new_tokens: int = 64
     batch_size: int = 8  # prompts per generate call; the batch is padded to this size (static shapes)
     use_past: bool = True  # incremental inference with a KV cache
+    # Blocks of 16 tokens in the paged KV cache; 0 = enough for every row of a batch at the full sequence
+    # length (batch_size x seq_length / 16). MindFormers' own default, 512 blocks, fails above 8 x 1024 tokens.
+    kv_cache_blocks: int = 0
     do_sample: bool = False  # greedy by default; sampling makes answers depend on the batch they ran in
     top_k: int = 0  # sampling only; 0 = off
     top_p: float = 1.0  # sampling only
@@ -59,6 +62,7 @@ class KeywordsConfig:
             _check(split in SPLITS, where, "splits", f"{split!r} is not one of {list(SPLITS)}")
         _check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
         _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
+        _check(self.kv_cache_blocks >= 0, where, "kv_cache_blocks", "must be >= 0 (0 = sized from the batch)")
 
 
 def _check(ok: bool, where: str, name: str, message: str) -> None:

@@ -106,7 +106,7 @@ class KeywordLLM:
         # Random-init weights (tiny models) depend on the RNG: re-seed so every run and rank builds the same ones.
         seed_everything(self.cfg.runtime.seed)
         model = build_llama(self.cfg.models.llm, self.runtime, batch_size=self.batch_size,
-                            use_past=self.kcfg.use_past)
+                            use_past=self.kcfg.use_past, kv_blocks=self.kcfg.kv_cache_blocks)
         if self.runtime.device == "CPU":
             from research.pmg.keywords.cpu_generation import enable_cpu_generation
 

@@ -41,11 +41,13 @@ def resolve_tokenizers(cfg: PMGConfig, runtime: Runtime) -> TokenizerPaths:
                           clip=None if models.clip.path else tiny(clip_vocab)[1])
 
 
-def build_llm(cfg: PMGConfig, runtime: Runtime, *, batch_size: int = 1, use_past: bool = False):
+def build_llm(cfg: PMGConfig, runtime: Runtime, *, batch_size: int = 1, use_past: bool = False,
+              recompute: bool = False):
     """The frozen Llama 2 (see :func:`research.pmg.models.llama.build_llama`)."""
     from research.pmg.models.llama import build_llama
 
-    return build_llama(cfg.models.llm, runtime, batch_size=batch_size, use_past=use_past)
+    return build_llama(cfg.models.llm, runtime, batch_size=batch_size, use_past=use_past,
+                       kv_blocks=cfg.keywords.kv_cache_blocks, recompute=recompute)
 
 
 def build_diffusion_parts(cfg: PMGConfig, runtime: Runtime, tokenizers: TokenizerPaths):

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from research.pmg.config import LlamaConfig, SoftPreferenceConfig
-from research.pmg.models.llama import build_prefix_encoder
+from research.pmg.models.llama import build_prefix_encoder, fit_flash_attention_to_prefix
 
 
 class SoftPreferenceEncoder(nn.Cell):
@@ -26,6 +26,7 @@ class SoftPreferenceEncoder(nn.Cell):
     def __init__(self, llama: nn.Cell, llm: LlamaConfig, soft: SoftPreferenceConfig, ctx_dim: int,
                  compute_dtype=ms.float32):
         super().__init__()
+        fit_flash_attention_to_prefix(llama, soft.prefix_len)
         self.llama = llama
         self.num_mm_tokens = soft.num_mm_tokens
         self.hidden_size = llm.hidden_size

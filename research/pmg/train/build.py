@@ -49,7 +49,9 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
     seed_everything(cfg.runtime.seed)  # random-init (tiny) models and the trainable init are the same every build
     tokenizers = resolve_tokenizers(cfg, runtime)
     sd = build_diffusion_parts(cfg, runtime, tokenizers)
-    llama = build_llm(cfg, runtime, batch_size=cfg.train.batch_size)
+    llama = build_llm(cfg, runtime, batch_size=cfg.train.batch_size, recompute=cfg.train.recompute)
+    if cfg.train.recompute:
+        recompute_unet_blocks(sd.unet)
     encoder = SoftPreferenceEncoder(llama, llm_cfg, soft_cfg, sd.cross_attention_dim, runtime.compute_dtype)
 
     llm_tokenizer = load_llama_tokenizer(tokenizers.llm)
@@ -81,9 +83,21 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
     alphas = scheduler.alphas_cumprod.asnumpy() if hasattr(scheduler.alphas_cumprod, "asnumpy") \
         else np.asarray(scheduler.alphas_cumprod)
     loss_net = PMGDiffusionLoss(encoder, sd.unet, alphas, scheduler.config.prediction_type, cfg.train)
-    step_cell, _ = build_train_step(loss_net, cfg.train)
+    step_cell, _ = build_train_step(loss_net, cfg.train, runtime.precision)
     return Trainer(cfg=cfg, runtime=runtime, arrays=arrays, encoder=encoder, loss_net=loss_net, step_cell=step_cell,
                    scheduler_steps=int(scheduler.config.num_train_timesteps),
                    vae_scaling=float(sd.vae.config.scaling_factor), learning_rates=learning_rates(cfg.train),
                    rank=rank, world=world, eval_net=WorkerMeanLoss(loss_net))
 
+
+
+def recompute_unet_blocks(unet) -> int:
+    """Recompute each UNet down, mid and up block in the backward pass (MindSpore ``Cell.recompute``).
+
+    The UNet is frozen but the loss's gradient flows through it to the conditioning context, so without this
+    every block's activations stay alive until the backward pass. Returns the number of blocks marked.
+    """
+    blocks = [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
+    for block in blocks:
+        block.recompute()
+    return len(blocks)

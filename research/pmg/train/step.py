@@ -10,6 +10,7 @@ from mindspore import nn, ops
 from research.pmg.config import TrainConfig
 from research.pmg.models.conditioning import assemble_context
 from research.pmg.models.soft_preference import SoftPreferenceEncoder
+from research.pmg.runtime import resolve_loss_scale
 
 
 class PMGDiffusionLoss(nn.Cell):
@@ -61,11 +62,12 @@ class PMGDiffusionLoss(nn.Cell):
         return (pred.astype(ms.float32) - target) ** 2
 
 
-def build_train_step(loss_net: PMGDiffusionLoss, train: TrainConfig):
+def build_train_step(loss_net: PMGDiffusionLoss, train: TrainConfig, precision: str = "fp32"):
     """A jit-compiled step over MindONE's TrainStep: accumulation, loss scaling with overflow skip, clipping.
 
     Returns ``(step_cell, optimizer)``; ``step_cell(*loss_inputs)`` returns ``(scaled_loss, loss)`` and updates
-    the trainable parameters every ``grad_accum_steps`` calls (gradients are all-reduced in data parallel).
+    the trainable parameters every ``grad_accum_steps`` calls. ``precision`` (the runtime's) decides
+    ``train.loss_scale: auto``: dynamic in fp16, none otherwise (gradients are all-reduced in data parallel).
     ``loss`` is the one to log: this micro-batch's loss, averaged over the data-parallel workers (one scalar
     all-reduce inside the step), so it is the loss of the whole global batch, as one worker would see it.
     ``scaled_loss`` is divided by ``grad_accum_steps`` and is this worker's alone.
@@ -86,8 +88,9 @@ def build_train_step(loss_net: PMGDiffusionLoss, train: TrainConfig):
     params = loss_net.trainable_params()
     lr = learning_rates(train)
     optimizer = nn.AdamWeightDecay(params, learning_rate=ms.Tensor(lr), weight_decay=train.weight_decay)
+    loss_scale = resolve_loss_scale(train.loss_scale, precision)
     scaler = {"none": None, "static": StaticLossScaler(train.initial_loss_scale),
-              "dynamic": DynamicLossScaler(train.initial_loss_scale, 2, 1000)}[train.loss_scale]
+              "dynamic": DynamicLossScaler(train.initial_loss_scale, 2, 1000)}[loss_scale]
     step = _Step(loss_net, optimizer, loss_scaler=scaler, max_grad_norm=train.grad_clip or None,
                  gradient_accumulation_steps=train.grad_accum_steps,
                  gradient_accumulation_kwargs={"sync_with_dataloader": False})
