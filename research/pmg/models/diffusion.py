@@ -73,8 +73,9 @@ def build_diffusion(cfg: DiffusionConfig, runtime: Runtime, *, source: str = "co
         check_arch(CLIPTextConfig, cfg.text_encoder, f"{source}: models.diffusion.text_encoder")
         if tokenizer_dir is None:
             raise ValueError("random-init diffusion models need a tokenizer_dir (see models.tokenizers)")
-        unet = UNet2DConditionModel.from_config(cfg.unet)
-        vae = AutoencoderKL.from_config(cfg.vae)
+        # Random-init parts compute in the runtime's precision too, as loaded weights do (mindspore_dtype above).
+        unet = UNet2DConditionModel.from_config(cfg.unet).to(dtype)
+        vae = AutoencoderKL.from_config(cfg.vae).to(dtype)
         text_encoder = CLIPTextModel(CLIPTextConfig(**cfg.text_encoder))
         tokenizer = load_clip_tokenizer(tokenizer_dir, cfg.tokenizer_max_length)
         scheduler = build_scheduler(cfg.scheduler)
