@@ -73,6 +73,7 @@ def test_workers_on_one_npu_fail_the_devices_check(ascend_runtime):
     single = {"w": np.array([1.0, 2.0], np.float32)}
     by_name = {c.name: c for c in data_parallel_checks([_rank(0, 0), _rank(1, 0)], single, ascend_runtime, 2)}
     assert by_name["devices"].status == "FAIL" and "several workers on one NPU" in by_name["devices"].detail
+    assert by_name["devices"].detail.startswith("device id per rank [0, 0]")
     by_name = {c.name: c for c in data_parallel_checks([_rank(0, 0), _rank(1, 1)], single, ascend_runtime, 2)}
     assert [c.status for c in by_name.values()] == ["PASS", "PASS", "PASS"]
     asked = data_parallel_checks([_rank(0, 0, requested=0), _rank(1, 0, requested=0)], single, ascend_runtime, 2)

@@ -9,6 +9,7 @@ instead of failing every later check.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -279,9 +280,11 @@ def data_parallel_checks(ranks: list[dict[str, Any]], single: dict[str, np.ndarr
                                                "not place them"))
     elif devices[0][0] == "Ascend":
         ids = [d[1] for d in devices]
+        assigned = [r.get("msrun_device_id") for r in ranks]
         ok = len(set(ids)) == len(ids)
-        checks.append(Check("devices", "PASS" if ok else "FAIL", f"device id per rank {ids}"
-                            + ("" if ok else ": several workers on one NPU")))
+        checks.append(Check("devices", "PASS" if ok else "FAIL", f"device id per rank {ids} (msrun's DEVICE_ID "
+                            f"{assigned})" + ("" if ok else ": several workers on one NPU (see `npu-smi info` "
+                                                            "while a job runs)")))
     else:
         checks.append(Check("devices", "PASS", f"{len(ranks)} workers asked for no explicit device (msrun's "
                                                "choice); device ids only exist on NPUs, so the device run settles "
@@ -297,4 +300,5 @@ def worker_record(models: Models, losses: list[float]) -> dict[str, Any]:
     return {"rank": models.runtime.rank, "world": models.runtime.world_size, "losses": losses,
             "device": [current.device_target, int(current.device_id)],
             "requested_device_id": models.runtime.device_id,
+            "msrun_device_id": os.environ.get("DEVICE_ID"),  # what msrun assigned this worker (its local rank)
             "params": {k: v.tolist() for k, v in trainable_values(models).items()}}
