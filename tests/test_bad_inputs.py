@@ -19,6 +19,7 @@ import pytest
 
 from research.pmg.data.config import DataConfig
 from research.pmg.data.prepare import prepare
+from tests.bad_input_helpers import assert_one_error_line
 from tests.tiny_models import REPO, TINY_CONFIG
 
 PREPARE, KEYWORDS, TRAIN, GENERATE, EVALUATE, CONVERT, PIPELINE = (
@@ -165,14 +166,8 @@ def results(world) -> dict[str, subprocess.CompletedProcess]:
 @pytest.mark.parametrize("name", CASE_IDS)
 def test_bad_input_is_one_error_line_with_exit_2(name, results, world):
     expected = next(case[3] for case in _cases(world) if case[0] == name)
-    proc = results[name]
-    output = proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert proc.returncode == 2, f"exit {proc.returncode}:\n{output[-3000:]}"
-    assert "Traceback" not in output, output[-3000:]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-3000:]
-    assert expected in errors[0], errors[0]
+    line = assert_one_error_line(results[name])
+    assert expected in line, line
 
 
 def test_every_command_line_is_surveyed():

@@ -12,6 +12,7 @@ from research.pmg.config import ConfigError
 from research.pmg.data import DataError, Item, Sample, load_prepared
 from research.pmg.data.config import SAMPLE_ROOT
 from research.pmg.data.records import staged_dir, write_atomic
+from research.pmg.ownership import OwnershipError
 from tests.data_fixtures import REPO, cli, run, samples, tree_bytes, write_images, write_text
 
 SCENARIOS = ["pog", "movielens", "stickers"]
@@ -38,7 +39,7 @@ def test_bundled_sample_prepares_cleanly_and_loads(scenario, tmp_path):
         assert sample.target not in sample.history and sample.history
         assert all(data.image_path(i).is_file() for i in (*sample.history, sample.target))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "images", "issues.txt", "items.jsonl", "samples.jsonl", "summary.json"]
+        ".pmg-owned", "images", "issues.txt", "items.jsonl", "samples.jsonl", "summary.json"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -82,7 +83,7 @@ def test_a_crash_while_writing_keeps_the_previous_output(tmp_path):
 def test_output_folder_with_foreign_files_is_not_replaced(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "thesis.tex").write_text("precious")
-    with pytest.raises(DataError, match="holds no summary.json; refusing to replace it"):
+    with pytest.raises(OwnershipError, match="was not made by this project .no .pmg-owned.; refusing to write into"):
         run("stickers", SAMPLE_ROOT / "stickers", tmp_path / "out")
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
 

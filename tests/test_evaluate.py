@@ -171,8 +171,9 @@ def test_cli_runs_and_refuses_bad_input_without_writing(world, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"]["far"] == {"images": str(root / "generated" / "far"), "scored": 2, "missing": 2}
     assert summary["config"]["models"]["clip"]["text_config"]["eos_token_id"] == 999
-    assert sorted(p.name for p in out.iterdir()) == ["chart.png", "comparison.csv", "gallery", "gallery.html",
-                                                     "per_sample.csv", "results.csv", "results.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".pmg-owned", "chart.png", "comparison.csv", "gallery",
+                                                     "gallery.html", "per_sample.csv", "results.csv", "results.md",
+                                                     "summary.json"]
 
 
 def exit_code(main, argv) -> int:

@@ -167,9 +167,9 @@ def test_full_disk_fails_with_one_clear_line_and_keeps_earlier_outputs(reference
 
     proc = run_pipeline(root, "--force", "prepare", overrides=(f"runtime.log_dir={root / 'log-full'}",),
                         preexec_fn=small_disk)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]  # a full disk is the user's to fix
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: stage prepare failed (exit 1): "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: stage prepare failed (exit 2): "), proc.stderr
     assert "items.jsonl: File too large while writing" in lines[0] and "prepare.log" in lines[0], lines[0]
     # the prepared folder is swapped in whole or not at all: the earlier one is untouched, nothing half-written
     assert (root / "data" / "items.jsonl").read_bytes() == before and not (root / "data.partial").exists()

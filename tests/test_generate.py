@@ -341,7 +341,7 @@ def test_outputs_manifest_and_contact_sheets(tmp_path, gen_cfg, runtime, stage_i
     assert sheet.size[0] > 8 * outputs.SHEET_TILE and sheet.mode == "RGB"  # 5 history + 3 candidates + chosen
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 2 and summary["candidates"] == 6 and sum(summary["picks_per_weight_set"].values()) == 2
-    assert not [p for p in out.rglob(".*")], "temporary files left behind"
+    assert [p.name for p in out.rglob(".*")] == [".pmg-owned"], "temporary files left behind"  # only the marker
 
 
 def test_without_preference_keywords_candidates_are_ranked_by_accuracy_alone(tmp_path, gen_cfg, runtime,

@@ -325,6 +325,6 @@ def test_two_msrun_workers_write_the_one_worker_output(engines, data_dir, llm_cf
     assert "worker 0 of 2" in result.stdout
     assert out.read_bytes() == single.read_bytes()
     assert json.loads(summary_path(out).read_text()) == json.loads(summary_path(single).read_text())
-    assert sorted(p.name for p in (tmp_path / "two" / "keywords" / "cache").iterdir()) == ["part-0.jsonl",
-                                                                                       "part-1.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "two" / "keywords" / "cache").iterdir()) == [
+        ".pmg-owned", "part-0.jsonl", "part-1.jsonl"]
     assert not (out.parent / f".{out.name}.parts").exists()

@@ -19,7 +19,7 @@ CHECKS = ["weights", "train_step", "soft_embedding", "generation", "prefix_atten
 
 
 def _check_ascend(tmp_path, *args):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ, VENV=sys.prefix, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     done = subprocess.run(["bash", str(REPO / "scripts" / "check_ascend.sh"), "--set",
                            f"runtime.output_dir={tmp_path / 'out'}", *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

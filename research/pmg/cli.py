@@ -6,7 +6,7 @@ import sys
 from typing import Callable
 
 from research.pmg.config import PMGConfig, load_config
-from research.pmg.errors import PMGError
+from research.pmg.errors import PMGError, error_line
 
 USER_ERROR_EXIT = 2
 
@@ -15,7 +15,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with usage errors as one ``error:`` line and exit code 2, like every other bad input."""
 
     def error(self, message: str) -> None:
-        self.exit(USER_ERROR_EXIT, f"error: {message} (see --help)\n")
+        self.exit(USER_ERROR_EXIT, error_line(f"{message} (see --help)") + "\n")
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
@@ -31,12 +31,11 @@ def config_from_args(args: argparse.Namespace) -> PMGConfig:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Call ``main(argv)``; report user errors as ``error: <message>`` on one line with exit code 2."""
+    """Call ``main(argv)``; report user errors as ``error: <message>`` on one bounded line with exit code 2."""
     try:
         return int(main(argv) or 0)
     except (PMGError, OSError) as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the exception text held
-        print(f"error: {message}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

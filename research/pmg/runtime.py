@@ -167,6 +167,10 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
     import mindspore as ms
 
     device = detect_device() if cfg.device == "auto" else cfg.device
+    if cfg.device == "Ascend" and detect_device() != "Ascend":
+        # MindSpore would fail deep in set_device with a multi-line C++ trace
+        raise ConfigError("runtime.device=Ascend: no Ascend device here (this MindSpore build has no Ascend "
+                          "backend, or no NPU is visible); use auto or CPU")
     if device == "CPU":
         # Checked before anything touches MindSpore, so a bad combination costs no device setup.
         resolve_precision(cfg.precision, device)

@@ -14,6 +14,7 @@ SCENARIOS = ("pog", "movielens", "stickers")
 SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "assets" / "sample"
 # History lengths of the official code (POG 5, movies 3); stickers follow POG.
 DEFAULT_HISTORY_LEN = {"pog": 5, "movielens": 3, "stickers": 5}
+MAX_HISTORY = 1000  # history items per sample: each becomes prompt text and an image to load
 
 
 @dataclass
@@ -38,8 +39,13 @@ class DataConfig:
     strict: bool = False  # stop at the first bad row / id / image instead of skipping and counting it
 
     def validate(self, where: str) -> None:
+        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
+
+        check_finite(self, where)  # flags bypass the loader's check
         _check(self.history_len >= 0, where, "history_len", "must be >= 0 (0 = the scenario's default)")
+        _check(self.history_len <= MAX_HISTORY, where, "history_len", f"must be <= {MAX_HISTORY}")
         _check(self.min_history >= 0, where, "min_history", "must be >= 0 (0 = history_len)")
+        _check(self.min_history <= MAX_HISTORY, where, "min_history", f"must be <= {MAX_HISTORY}")
         if self.history_len and self.min_history:
             _check(self.min_history <= self.history_len, where, "min_history", "must not exceed history_len")
         _check(self.min_rating > 0, where, "min_rating", "must be > 0")
@@ -48,7 +54,7 @@ class DataConfig:
         _check(self.valid_fraction + self.test_fraction < 1, where, "test_fraction",
                "valid_fraction + test_fraction must be < 1 (some users must train)")
         _check(self.max_users >= 0, where, "max_users", "must be >= 0 (0 = all)")
-        _check(self.seed >= 0, where, "seed", "must be >= 0")
+        _check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
 
     def resolved_history_len(self, scenario: str) -> int:
         return self.history_len or DEFAULT_HISTORY_LEN[scenario]

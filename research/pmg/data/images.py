@@ -5,15 +5,20 @@ targets and histories, and a JPEG re-encode would add its own loss; later stages
 resolution anyway, and copying keeps the stage fast. The one exception is a pickle of arrays, which has no
 file bytes to copy: those are encoded once as PNG (lossless).
 
-An image counts as usable only after Pillow has both verified and fully decoded it, so a truncated JPEG
-or a renamed text file is caught here and not in the middle of a training run.
+An image counts as usable only after Pillow has both verified and fully decoded it and its mode has an RGB
+reading (:mod:`research.pmg.image_modes`, the rule every later stage reads images by), so a truncated JPEG, a
+renamed text file or a CIELab TIFF is caught here and not in the middle of a training run. In a folder, only
+regular files (or links to one) are read: a name that looks like an image but is a folder, a FIFO, a dangling
+link or a link loop is an unreadable image, reported and counted like a file that cannot be decoded.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import os
 import pickle
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +29,12 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from research.pmg.data.report import Report, fatal
+from research.pmg.image_modes import float_to_uint8, sixteen_bit_to_uint8, to_rgb
 
 # Searched in this order when several files share an item id.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _EXTENSION_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # what Pillow writes as PNG unchanged
 
 
 @dataclass(frozen=True)
@@ -39,21 +46,36 @@ class ImageRef:
 
 
 class FolderImages:
-    """``<folder>/<key>.<ext>`` for ext in :data:`IMAGE_EXTENSIONS`, listed once (fast on 10^6 files)."""
+    """``<folder>/<key>.<ext>`` for ext in :data:`IMAGE_EXTENSIONS`, listed once (fast on 10^6 files).
+
+    When several names share a key, a regular file (or a link to one) wins over anything else, then the
+    earlier extension. A name that is not a readable regular file is still listed, so that reading it reports
+    why (:func:`read_regular_file`) instead of calling the image missing.
+    """
 
     def __init__(self, folder: Path):
         if not folder.is_dir():
             raise fatal(str(folder), 0, "image folder not found (set --images / data.images; default <raw>/images)")
         self.folder = folder
         self._names: dict[str, str] = {}
+        best: dict[str, tuple[int, int]] = {}
         rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise fatal(str(folder), 0, f"cannot list the image folder: {exc.strerror or exc}") from None
+        for entry in entries:
             stem, ext = os.path.splitext(entry.name)
             ext = ext.lower()
-            if ext in rank and entry.is_file():
-                current = self._names.get(stem)
-                if current is None or rank[ext] < rank[os.path.splitext(current)[1].lower()]:
-                    self._names[stem] = entry.name
+            if ext not in rank:
+                continue
+            try:
+                regular = entry.is_file()  # follows links: a loop or a dangling link raises or says False
+            except OSError:
+                regular = False
+            order = (0 if regular else 1, rank[ext])
+            if stem not in best or order < best[stem]:
+                best[stem], self._names[stem] = order, entry.name
 
     def describe(self, key: str) -> str:
         return f"no {key}{{{','.join(IMAGE_EXTENSIONS)}}} in {self.folder}"
@@ -63,15 +85,29 @@ class FolderImages:
         if name is None:
             return None
         path = self.folder / name
-        return ImageRef(label=str(path), read=path.read_bytes)
+        return ImageRef(label=str(path), read=lambda: read_regular_file(path))
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file (links followed); ``OSError`` otherwise.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO named like an image cannot hang
+    the stage and a name swapped for a folder between listing and reading is still refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder is refused by fdopen already
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read()
 
 
 class PickleImages:
     """A pickle of images keyed by item id, as the official code stored posters (``image_data.pkl``).
 
     Accepted layouts: a dict ``{id: image}`` or a sequence of tuples whose last two entries are
-    ``(id, image)``. An image is a uint8 array (H, W), (H, W, 3) or (H, W, 4) — float arrays are read as
-    0..1 when their maximum is <= 1, else as 0..255 — a PIL image, or encoded bytes / BytesIO.
+    ``(id, image)``. An image is a uint8 array (H, W), (H, W, 3) or (H, W, 4) — uint16 arrays are read as
+    16-bit samples, other numbers as 0..1 when their maximum is <= 1, else as 0..255 — a PIL image (modes PNG
+    cannot store are read as RGB first), or encoded bytes / BytesIO.
     Only numpy arrays, PIL images, bytes and plain containers may be unpickled; anything else is refused.
     """
 
@@ -124,6 +160,7 @@ def check_image(data: bytes) -> str:
             img.verify()
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+            to_rgb(img)  # the reading every later stage applies must exist for this mode
             fmt, (width, height) = img.format, img.size
     except UnidentifiedImageError:
         raise ValueError("not an image file in a format Pillow can decode") from None
@@ -181,7 +218,7 @@ def _encode(value: Any) -> bytes:
     if isinstance(value, io.BytesIO):
         return value.getvalue()
     if isinstance(value, Image.Image):
-        img = value
+        img = value if value.mode in _PNG_MODES else to_rgb(value)
     elif isinstance(value, np.ndarray):
         img = Image.fromarray(_to_uint8(value))
     else:
@@ -192,16 +229,18 @@ def _encode(value: Any) -> bytes:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 as is, uint16 as 16-bit samples, any other number by the float rule (:mod:`research.pmg.image_modes`)."""
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(f"array of shape {array.shape} is not an image (H, W), (H, W, 3) or (H, W, 4)")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.dtype == np.uint8:
         return array
-    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
-        raise ValueError(f"array of dtype {array.dtype} with non-finite values is not an image")
-    scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
-    return np.clip(np.rint(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    if array.dtype == np.uint16:
+        return sixteen_bit_to_uint8(array)
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"array of dtype {array.dtype} is not an image")
+    return float_to_uint8(array)
 
 
 _SAFE_GLOBALS = {

@@ -21,17 +21,18 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from research.pmg import ownership
+from research.pmg.cli import USER_ERROR_EXIT, ArgumentParser
 from research.pmg.config import ConfigError, load_config
-from research.pmg.cli import ArgumentParser
 from research.pmg.data.config import SCENARIOS, DataConfig, bundled_raw
 from research.pmg.data.movielens import read_movielens
 from research.pmg.data.pog import read_pog
 from research.pmg.data.records import (FORMAT_VERSION, IMAGES_DIR, ISSUES_FILE, ITEMS_FILE, SAMPLES_FILE, SPLITS,
-                                       SUMMARY_FILE, Item, id_sort_key, staged_dir, to_jsonl, write_atomic,
-                                       write_synced)
+                                       SUMMARY_FILE, Item, id_sort_key, to_jsonl, write_atomic, write_synced)
 from research.pmg.data.report import DataError, Report
 from research.pmg.data.sampling import ReadResult
 from research.pmg.data.stickers import read_stickers
+from research.pmg.errors import PMGError, error_line
 
 READERS = {"pog": read_pog, "movielens": read_movielens, "stickers": read_stickers}
 SHOWN_ISSUES = 10  # printed on stderr; all of them go to issues.txt
@@ -55,6 +56,7 @@ def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progr
         raise DataError(f"{raw}: raw data folder not found")
     images = Path(cfg.images) if cfg.images else raw / IMAGES_DIR
     out = Path(cfg.out) if cfg.out else Path(output_dir) / "data"
+    ownership.check(out, "prepare")  # before reading: a folder this project did not make is refused at once
 
     report = Report(cfg.strict)
     result = READERS[scenario](raw, images, cfg, report, progress)
@@ -66,7 +68,7 @@ def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progr
 
     items = [dataclasses.replace(result.items[i], image=f"{IMAGES_DIR}/{i}{result.images[i][1]}")
              for i in sorted(result.items, key=id_sort_key)]
-    with staged_dir(out) as staging:
+    with ownership.staged(out, "prepare") as staging:
         (staging / IMAGES_DIR).mkdir()
 
         def copy(item: Item) -> None:
@@ -174,12 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         scenario, cfg, output_dir = resolve_args(args)
         summary, report = prepare(scenario, cfg, output_dir=output_dir, progress=not args.no_progress)
-    except (DataError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+    except (PMGError, OSError) as exc:  # bad input, unwritable output, full disk: one line, as every stage
+        print(error_line(exc), file=sys.stderr)
+        return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130

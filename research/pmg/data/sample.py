@@ -25,6 +25,7 @@ from research.pmg.data.config import SAMPLE_ROOT
 from research.pmg.data.movielens import GENRES_100K
 from research.pmg.data.records import staged_dir, write_atomic, write_synced
 from research.pmg.data.report import DataError
+from research.pmg.errors import error_line
 from research.pmg.data.sticker_set import build_sticker_set
 
 README = """# Bundled sample data
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         build_sample(args.out, seed=args.seed)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     print(f"wrote the bundled sample to {args.out} ({size / 1024:.0f} KiB)")

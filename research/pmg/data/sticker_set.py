@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 from research.pmg.data.records import staged_dir, to_jsonl, write_atomic, write_synced
 from research.pmg.data.report import DataError
 from research.pmg.data.stickers import CONVERSATION_FILE, STICKER_FILE
+from research.pmg.errors import error_line
 
 
 def _words(name: str) -> set[str]:
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = build_sticker_set(args.out, users=args.users, events=args.events, per_theme=args.per_theme,
                                    themes=[t.strip() for t in args.themes.split(",") if t.strip()], seed=args.seed)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
     print(f"wrote {counts['stickers']} stickers, {counts['users']} users, {counts['uses']} sticker uses to {args.out}")
     return 0

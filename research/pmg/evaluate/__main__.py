@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     ecfg = evaluate_config(cfg, args)
 
+    from research.pmg import ownership
     from research.pmg.evaluate.methods import plan_methods, read_images, run_method
 
     output_dir = Path(cfg.runtime.output_dir).resolve()
+    out = Path(ecfg.out) if ecfg.out else output_dir / "evaluate"
     plans = plan_methods(ecfg, output_dir=output_dir, config=args.config, overrides=args.overrides)
     if args.plan:
         for plan in plans:
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             for command in plan.commands:
                 print(f"  {shlex.join(command)}")
         return 0
+    ownership.check(out, "evaluate")  # before any method runs or model loads: someone else's folder is refused
     missing = [plan for plan in plans if plan.missing()]
     if missing and args.run_methods:
         for plan in missing:
@@ -132,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         if convert_missing_weights(ecfg.lpips_net, ecfg.lpips_weights, ecfg.lpips_source):
             print(f"evaluate: converted the {ecfg.lpips_source} LPIPS weights ({ecfg.lpips_net}) to {ecfg.lpips_weights}")
         lpips_model = load_lpips(ecfg.lpips_net, ecfg.lpips_weights, what="evaluate.lpips_weights")
-    out = Path(ecfg.out) if ecfg.out else output_dir / "evaluate"
     summary = evaluate(ecfg, data=data, method_images=method_images, out=out, keywords=keywords,
                        lpips_model=lpips_model, clip_embedder=embedder, clip_model=cfg.models.clip.path,
                        scenario=cfg.scenario, sources={plan.name: str(plan.images) for plan in plans},

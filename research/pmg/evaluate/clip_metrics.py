@@ -13,14 +13,13 @@ Batches are padded to a fixed size and texts to the model's context length, so e
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from research.pmg.models.clip import ClipParts
+from research.pmg.models.clip import ClipParts, clip_image_processor
 
 
 class _ImageEmbedding(nn.Cell):
@@ -41,16 +40,6 @@ class _TextEmbedding(nn.Cell):
         return self.model.get_text_features(input_ids=ids, attention_mask=mask)
 
 
-def image_processor(parts: ClipParts, model_path: str = ""):
-    """The ``CLIPImageProcessor`` of the model folder, or CLIP's standard one at the model's image size."""
-    from transformers import CLIPImageProcessor
-
-    if model_path and (Path(model_path) / "preprocessor_config.json").is_file():
-        return CLIPImageProcessor.from_pretrained(model_path, local_files_only=True)
-    size = parts.image_size
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
 def to_score(cosine, scale: float = 1.0, clamp: bool = False):
     """``scale * cos`` (``scale * max(cos, 0)`` with ``clamp``), elementwise."""
     cosine = np.asarray(cosine, dtype=np.float64)
@@ -67,7 +56,7 @@ class ClipEmbedder:
 
     def __init__(self, parts: ClipParts, *, batch_size: int, model_path: str = ""):
         self.parts, self.batch_size = parts, batch_size
-        self.processor = image_processor(parts, model_path)
+        self.processor = clip_image_processor(parts, model_path)
         self.max_length = int(parts.model.config.text_config.max_position_embeddings)
         self._image = _ImageEmbedding(parts.model)
         self._text = _TextEmbedding(parts.model)

@@ -10,12 +10,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from research.pmg.errors import short_repr
+
 SPLITS = ("train", "valid", "test")
 METRICS = ("lpips", "ssim", "clip")
 # Method names become folder names and table labels.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 # Overrides under these keys change what training learns: such a method retrains before generating.
 TRAINING_KEYS = ("train.", "models.soft_preference.")
+MAX_IMAGE_SIZE = 8192  # pixels a side compared by LPIPS and SSIM
+MAX_RESAMPLES = 1_000_000  # bootstrap resamples / sign-flip permutations: ~1 s each million, 8 MB of means
 
 
 @dataclass
@@ -37,8 +41,8 @@ class MethodConfig:
     retrain: bool = False
 
     def validate(self, where: str) -> None:
-        _check(bool(NAME_PATTERN.fullmatch(self.name)), where, "name",
-               f"{self.name!r} must be letters, digits and _ . = + - (it names a folder)")
+        _check(bool(NAME_PATTERN.fullmatch(self.name)) and len(self.name) <= 200, where, "name",
+               f"{short_repr(self.name)} must be at most 200 letters, digits and _ . = + - (it names a folder)")
         _check_overrides(self.overrides, where, "overrides")
 
     @property
@@ -87,26 +91,34 @@ class EvaluateConfig:
     gallery_thumb: int = 160  # pixels, the longer side of each gallery image
 
     def validate(self, where: str) -> None:
+        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
+
+        check_finite(self, where)  # flags bypass the loader's check
         _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
         _check(bool(self.methods), where, "methods", "must name at least one method")
         names = [m.name for m in self.all_methods()]
         duplicate = sorted({n for n in names if names.count(n) > 1})
-        _check(not duplicate, where, "methods", f"method name {duplicate[0] if duplicate else ''!r} is used twice")
+        _check(not duplicate, where, "methods",
+               f"method name {short_repr(duplicate[0] if duplicate else '')} is used twice")
         _check(not self.baseline or self.baseline in names, where, "baseline",
-               f"{self.baseline!r} is not one of the methods {names}")
+               f"{short_repr(self.baseline)} is not one of the methods {short_repr(names, 200)}")
         _check(bool(self.metrics), where, "metrics", f"must name at least one of {list(METRICS)}")
         for metric in self.metrics:
-            _check(metric in METRICS, where, "metrics", f"{metric!r} is not one of {list(METRICS)}")
+            _check(metric in METRICS, where, "metrics", f"{short_repr(metric)} is not one of {list(METRICS)}")
         _check(len(set(self.metrics)) == len(self.metrics), where, "metrics", "names a metric twice")
         _check(self.image_size >= 32, where, "image_size", "must be >= 32 (AlexNet's last feature map needs 32 px)")
+        _check(self.image_size <= MAX_IMAGE_SIZE, where, "image_size", f"must be <= {MAX_IMAGE_SIZE}")
         _check(self.ssim_sigma > 0, where, "ssim_sigma", "must be > 0")
+        _check(self.ssim_sigma <= 100, where, "ssim_sigma", "must be <= 100 (pixels)")
         _check(self.clip_scale > 0, where, "clip_scale", "must be > 0")
-        _check(self.batch_size > 0, where, "batch_size", "must be > 0")
-        _check(self.bootstrap_samples >= 100, where, "bootstrap_samples", "must be >= 100")
-        _check(self.permutations >= 100, where, "permutations", "must be >= 100")
+        _check(0 < self.batch_size <= 4096, where, "batch_size", "must be in [1, 4096]")
+        _check(100 <= self.bootstrap_samples <= MAX_RESAMPLES, where, "bootstrap_samples",
+               f"must be in [100, {MAX_RESAMPLES}]")
+        _check(100 <= self.permutations <= MAX_RESAMPLES, where, "permutations", f"must be in [100, {MAX_RESAMPLES}]")
         _check(0.5 <= self.confidence < 1.0, where, "confidence", "must be in [0.5, 1)")
-        _check(self.gallery_samples >= 0, where, "gallery_samples", "must be >= 0")
-        _check(self.gallery_thumb >= 16, where, "gallery_thumb", "must be >= 16")
+        _check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
+        _check(0 <= self.gallery_samples <= 10_000, where, "gallery_samples", "must be in [0, 10000]")
+        _check(16 <= self.gallery_thumb <= 4096, where, "gallery_thumb", "must be in [16, 4096]")
         _check_overrides(self.run_overrides, where, "run_overrides")
         for key, values in self.sweep.items():
             _check(isinstance(values, list) and bool(values), where, f"sweep.{key}", "must be a non-empty list")
@@ -137,7 +149,7 @@ def sweep_methods(sweep: dict[str, Any]) -> list[MethodConfig]:
 def _check_overrides(items: list[str], where: str, name: str) -> None:
     for item in items:
         key = item.partition("=")[0].strip()
-        _check("=" in item and bool(key), where, name, f"{item!r} is not key.path=value")
+        _check("=" in item and bool(key), where, name, f"{short_repr(item)} is not key.path=value")
         _check(not key.startswith(("runtime.output_dir", "runtime.cache_dir")), where, name,
                f"must not set {key} (each method run gets its own folder and shares the main run's cache)")
 

@@ -1,8 +1,9 @@
 """Reading images for evaluation: one RGB conversion and one resize policy for every metric and method.
 
-Transparent pixels (sticker PNGs) are composited over white: converting RGBA to RGB would keep whatever
-colour the file stores under alpha 0 (Twemoji: dark green), which no viewer shows. LPIPS and SSIM compare
-pixel grids, so both images of a pair are brought to ``image_size`` x ``image_size`` first:
+Every image mode is read as 8-bit RGB by :func:`research.pmg.image_modes.to_rgb`: 16-bit images scaled to 8
+bits (not clipped to white), palettes expanded, and transparent pixels (sticker PNGs) composited over white.
+LPIPS and SSIM compare pixel grids, so both images of a pair are brought to ``image_size`` x ``image_size``
+first:
 
 - ``center_crop`` (default): the centred square of the shorter side, then a bicubic resize; the crop the
   training stage applies to target images, so generated and reference images are framed alike;
@@ -18,23 +19,19 @@ import numpy as np
 from PIL import Image
 
 from research.pmg.errors import PMGError
+from research.pmg.image_modes import to_rgb
 
 RESIZE_POLICIES = ("center_crop", "squash")
 RESAMPLE, RESAMPLE_NAME = Image.BICUBIC, "bicubic"
-BACKGROUND = (255, 255, 255)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """The image at ``path`` as RGB, transparency composited over white; fully decoded (file closed)."""
+    """The image at ``path`` as 8-bit RGB (:func:`research.pmg.image_modes.to_rgb`: 16-bit scaled, transparency
+    composited over white); fully decoded (file closed)."""
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                out = Image.new("RGB", rgba.size, BACKGROUND)
-                out.paste(rgba, mask=rgba.getchannel("A"))
-                return out
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise PMGError(f"{path}: cannot read image: {exc}") from None
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.pmg import ownership
 from research.pmg.data.records import write_atomic
 from research.pmg.errors import PMGError
 from research.pmg.evaluate.config import EvaluateConfig
@@ -148,23 +149,28 @@ def run_method(plan: MethodPlan, *, output_dir: Path) -> None:
     """Make ``plan``'s run folder (links to the main run's inputs) and run its commands in order."""
     if plan.run_dir is None:
         return
+    ownership.check(plan.run_dir, "method")  # a folder this project did not make is neither moved nor written
     if plan.run_dir.exists() and not plan.current():  # made with other settings: set aside, never mixed
         stale = plan.run_dir.with_name(f"{plan.run_dir.name}.stale-{int(time.time())}")
-        plan.run_dir.rename(stale)
+        while os.path.lexists(stale):
+            stale = stale.with_name(stale.name + "+")
+        with ownership.hold(plan.run_dir / ownership.LOCK, plan.run_dir):
+            plan.run_dir.rename(stale)
+        (stale / ownership.LOCK).unlink(missing_ok=True)  # the lock file went along
         print(f"[{plan.name}] settings changed since its run; old run moved to {stale}", flush=True)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    for name in LINKED:
-        if name == "train" and plan.retrains:
-            continue
-        link, target = plan.run_dir / name, output_dir / name
-        if target.exists() and not link.exists():
-            link.symlink_to(os.path.relpath(target, plan.run_dir), target_is_directory=True)
-    for command in plan.commands:
-        print(f"[{plan.name}] {shlex.join(command)}", flush=True)
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            raise PMGError(f"method {plan.name}: {' '.join(command[1:3])} exited with code {result.returncode} "
-                           f"(its output is above; logs under {plan.run_dir / 'log'})")
-    if not plan.images.exists():
-        raise PMGError(f"method {plan.name}: the run finished but wrote no {plan.images}")
-    write_atomic(plan.run_dir / PLAN_FILE, plan.stamp())
+    with ownership.claim(plan.run_dir, "method"):
+        for name in LINKED:
+            if name == "train" and plan.retrains:
+                continue
+            link, target = plan.run_dir / name, output_dir / name
+            if target.exists() and not link.exists():
+                link.symlink_to(os.path.relpath(target, plan.run_dir), target_is_directory=True)
+        for command in plan.commands:
+            print(f"[{plan.name}] {shlex.join(command)}", flush=True)
+            result = subprocess.run(command)
+            if result.returncode != 0:
+                raise PMGError(f"method {plan.name}: {' '.join(command[1:3])} exited with code {result.returncode} "
+                               f"(its output is above; logs under {plan.run_dir / 'log'})")
+        if not plan.images.exists():
+            raise PMGError(f"method {plan.name}: the run finished but wrote no {plan.images}")
+        write_atomic(plan.run_dir / PLAN_FILE, plan.stamp())

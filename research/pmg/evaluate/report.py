@@ -1,16 +1,16 @@
 """The evaluation report: tables (Markdown + CSV), a bar chart (PNG, drawn with Pillow) and an HTML gallery.
 
 Every file is written into the folder being staged by the caller; the HTML page refers only to files
-written here, by relative links, so the folder can be moved or archived and still opens in a browser.
+written here, by relative links, so the folder can be moved or archived and still opens in a browser. Names,
+paths, ids and keywords are escaped for the page they go into (:mod:`research.pmg.textsafe`).
 """
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -18,6 +18,7 @@ from research.pmg.data.records import write_synced
 from research.pmg.evaluate import images as im
 from research.pmg.evaluate.scoring import Metric
 from research.pmg.evaluate.stats import Interval, PairedResult
+from research.pmg.textsafe import html, md
 
 # Colour-blind-safe palette (Okabe-Ito), one colour per method in table order.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -63,23 +64,28 @@ def comparison_csv(path: Path, comparisons: Mapping[str, Mapping[str, PairedResu
                      "ci_high", "p_value", "exact"], rows)
 
 
-def settings_lines(settings: Mapping[str, Any]) -> list[str]:
-    """One readable line per metric family and for the statistics: what exactly produced the numbers."""
-    lines = [f"- images: {settings['image_size']} x {settings['image_size']} px, {settings['resize']['policy']} "
-             f"({settings['resize']['resample']}), transparency over white"]
+def settings_lines(settings: Mapping[str, Any], quote: Callable[[object], str]) -> list[str]:
+    """One readable line per metric family and for the statistics: what exactly produced the numbers.
+
+    Each recorded value is passed through ``quote`` (:func:`~research.pmg.textsafe.md` or ``html``), the
+    fixed wording is safe in both.
+    """
+    q = quote
+    lines = [f"- images: {q(settings['image_size'])} x {q(settings['image_size'])} px, "
+             f"{q(settings['resize']['policy'])} ({q(settings['resize']['resample'])}), transparency over white"]
     if settings.get("lpips"):
         lp = settings["lpips"]
-        lines.append(f"- LPIPS v{lp['version']}, {lp['net']} backbone, inputs in [-1, 1], spatial average; "
-                     f"weights {lp['weights']} (sha256 {lp['sha256'][:12]})")
+        lines.append(f"- LPIPS v{q(lp['version'])}, {q(lp['net'])} backbone, inputs in [-1, 1], spatial average; "
+                     f"weights {q(lp['weights'])} (sha256 {q(lp['sha256'][:12])})")
     if settings.get("ssim"):
         s = settings["ssim"]
-        lines.append(f"- SSIM: Gaussian window sigma {s['sigma']} ({s['win_size']} taps, {s['border']} borders), "
-                     f"population covariances, data range {s['data_range']:g}, K1 {s['k1']}, K2 {s['k2']}, "
-                     f"{s['channels']}: {s['reference']}")
+        lines.append(f"- SSIM: Gaussian window sigma {q(s['sigma'])} ({q(s['win_size'])} taps, {q(s['border'])} "
+                     f"borders), population covariances, data range {s['data_range']:g}, K1 {q(s['k1'])}, "
+                     f"K2 {q(s['k2'])}, {q(s['channels'])}: {q(s['reference'])}")
     if settings.get("clip"):
         c = settings["clip"]
         scale = "raw cosine" if c["scale"] == 1 else f"{c['scale']:g} x cosine"
-        lines.append(f"- CLIP: {c['model']} ({c['image_size']} px), {scale}, "
+        lines.append(f"- CLIP: {q(c['model'])} ({q(c['image_size'])} px), {scale}, "
                      f"{'negative cosines clamped to 0' if c['clamp'] else 'not clamped'}; texts are the "
                      "keywords joined with ', '")
     st = settings["statistics"]
@@ -93,26 +99,26 @@ def settings_lines(settings: Mapping[str, Any]) -> list[str]:
 def markdown(title: str, settings: Mapping[str, Any], results: Mapping[str, Mapping[str, Interval]],
              comparisons: Mapping[str, Mapping[str, PairedResult]], baseline: str, metrics: list[Metric]) -> str:
     conf = f"{settings['statistics']['confidence']:.0%}"
-    lines = [f"# {title}", "", *settings_lines(settings), "",
+    lines = [f"# {md(title)}", "", *settings_lines(settings, md), "",
              f"## Scores (mean [{conf} interval])", "",
              "History scores measure personalization, target scores accuracy. ↓: lower is closer, ↑: higher is "
              "closer.", "",
-             "| method | " + " | ".join(f"{m.label} {arrow(m)}" for m in metrics) + " |",
+             "| method | " + " | ".join(f"{md(m.label)} {arrow(m)}" for m in metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for method, r in results.items():
         cells = [f"{fmt(r[m.name].mean)} [{fmt(r[m.name].low)}, {fmt(r[m.name].high)}] (n={r[m.name].n})"
                  for m in metrics]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(method)} | " + " | ".join(cells) + " |")
     if comparisons:
-        lines += ["", f"## Paired comparison with {baseline} (same samples)", "",
-                  f"Difference = method - {baseline}, with its {conf} paired bootstrap interval and the sign-flip "
+        lines += ["", f"## Paired comparison with {md(baseline)} (same samples)", "",
+                  f"Difference = method - {md(baseline)}, with its {conf} paired bootstrap interval and the sign-flip "
                   "p-value.", "",
-                  f"| method | metric | n | mean | mean of {baseline} | difference | p |",
+                  f"| method | metric | n | mean | mean of {md(baseline)} | difference | p |",
                   "|---|---|---|---|---|---|---|"]
         for method, c in comparisons.items():
             for m in metrics:
                 r = c[m.name]
-                lines.append(f"| {method} | {m.label} {arrow(m)} | {r.n} | {fmt(r.mean_a)} | {fmt(r.mean_b)} | "
+                lines.append(f"| {md(method)} | {md(m.label)} {arrow(m)} | {r.n} | {fmt(r.mean_a)} | {fmt(r.mean_b)} | "
                              f"{fmt(r.diff)} [{fmt(r.low)}, {fmt(r.high)}] | {fmt(r.p_value, 4)} |")
     return "\n".join(lines) + "\n"
 
@@ -213,7 +219,7 @@ def gallery(out: Path, rows: list[dict[str, Any]], methods: list[str], metrics: 
     """
     folder = out / GALLERY_DIR
     folder.mkdir()
-    esc = html.escape
+    esc = html
     body = []
     for n, row in enumerate(rows):
         cells = []
@@ -261,8 +267,8 @@ image with its scores for that sample.</p>
 def intro_html(settings: Mapping[str, Any], results: Mapping[str, Mapping[str, Interval]], metrics: list[Metric],
                chart: str) -> str:
     """Settings, the score table and the chart for the top of the gallery page."""
-    esc = html.escape
-    items = "".join(f"<li>{esc(line[2:])}</li>" for line in settings_lines(settings))
+    esc = html
+    items = "".join(f"<li>{line[2:]}</li>" for line in settings_lines(settings, html))
     head = "".join(f"<th>{esc(m.label)} {arrow(m)}</th>" for m in metrics)
     rows = "".join(
         f"<tr><th>{esc(method)}</th>" + "".join(

@@ -1,6 +1,7 @@
 """The evaluation stage end to end: select samples, score every method, aggregate, compare, write the report.
 
-Output folder (``evaluate.out`` or ``<output_dir>/evaluate``), written whole or not at all::
+Output folder (``evaluate.out`` or ``<output_dir>/evaluate``), written whole or not at all, and only over a folder
+of this stage's (marked ``.pmg-owned``, research/pmg/ownership.py) or an empty one::
 
     results.md        settings, scores (mean [interval]) per method, paired comparisons with the baseline
     results.csv       method, metric, n, mean, ci_low, ci_high
@@ -19,7 +20,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from research.pmg.data.records import PreparedData, Sample, staged_dir, write_synced
+from research.pmg import ownership
+from research.pmg.data.records import PreparedData, Sample, write_synced
 from research.pmg.errors import PMGError
 from research.pmg.evaluate import report
 from research.pmg.evaluate.config import EvaluateConfig
@@ -65,6 +67,7 @@ def evaluate(ecfg: EvaluateConfig, *, data: PreparedData, method_images: Mapping
     def bar(iterable, desc: str = ""):
         return tqdm(iterable, desc=desc, disable=not progress, leave=False)
 
+    ownership.check(out, "evaluate")  # before scoring: someone else's folder is refused at once
     metrics = metrics_for(ecfg.metrics)
     samples = select_samples(data, ecfg)
     use_clip = "clip" in ecfg.metrics
@@ -133,7 +136,7 @@ def evaluate(ecfg: EvaluateConfig, *, data: PreparedData, method_images: Mapping
 
     title = f"PMG evaluation: {scenario or data.root.name}, split {ecfg.split}, {len(samples)} samples"
     gallery_rows = _gallery_rows(samples, records, data, keywords, ecfg.gallery_samples)
-    with staged_dir(out) as tmp:
+    with ownership.staged(out, "evaluate") as tmp:
         report.per_sample_csv(tmp / "per_sample.csv", records, metrics)
         report.results_csv(tmp / "results.csv", results, metrics)
         report.comparison_csv(tmp / "comparison.csv", comparisons, baseline, metrics)

@@ -2,8 +2,11 @@
 
 ::
 
+    .pmg-owned               the project's marker (research/pmg/ownership.py): only a folder holding it, or an
+                             empty one, is written into
     settings.json            what determines the images (weights, sampler, balancing, seed, models); a resumed
-                             run must match it
+                             run must match it. Written once the models it names have loaded, so a run that
+                             failed to load them does not bind the folder to its settings
     manifest.jsonl           one line per finished sample (schema in README.md), appended and fsynced as one
                              write per sample: a crash leaves at most a torn last line, dropped on resume
     images/<sample>/<k>_<m>.png   candidate m of weight set k
@@ -96,7 +99,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def check_settings(folder: Path, settings: dict[str, Any]) -> None:
-    """Record ``settings`` in a new folder; in a used one, refuse to mix results made with other settings."""
+    """Refuse to mix results made with other settings than ``settings`` into ``folder`` (nothing is written)."""
     path = folder / SETTINGS_FILE
     if path.is_file():
         try:
@@ -110,9 +113,13 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
             raise ManifestError(f"{folder} holds results made with other settings ({key}: "
                                 f"{_short(old_flat.get(key, _ABSENT))} there, {_short(new_flat.get(key, _ABSENT))} "
                                 "now); choose another output folder or remove it")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def record_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in ``folder`` (checked with :func:`check_settings` first) unless they are there already."""
+    check_settings(folder, settings)
+    if not (folder / SETTINGS_FILE).is_file():
+        write_atomic(folder / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
 _ABSENT = "<absent>"

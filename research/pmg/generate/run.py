@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from research.pmg import ownership
 from research.pmg.config import PMGConfig
 from research.pmg.data.records import write_atomic
 from research.pmg.errors import PMGError
@@ -180,6 +181,7 @@ def generate(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime, *, data_dir
     from research.pmg.keywords.records import load_keywords
     from research.pmg.train.build import examples_from
 
+    ownership.check(out_dir, "generate")  # before anything loads: someone else's folder is refused at once
     prepared = load_prepared(data_dir)
     keywords = load_keywords(keywords_path)
     index = {sample.id: i for i, sample in enumerate(prepared.samples)}
@@ -191,38 +193,42 @@ def generate(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime, *, data_dir
         raise PMGError(f"no samples to generate: {len(selected)} samples in splits {gcfg.splits} of {data_dir}, "
                        f"none with keywords in {keywords_path}")
     result = GenerateResult(out_dir=out_dir, without_keywords=len(selected) - len(with_keywords))
-    outputs.check_settings(out_dir, run_settings(cfg, gcfg))
-    manifest = out_dir / outputs.MANIFEST_FILE
-    done = outputs.read_manifest(manifest)
-    pending = [s for s in jobs if s.id not in done]
-    result.skipped = len(jobs) - len(pending)
-    if pending:
-        models = models or (build or build_models)(cfg, gcfg, runtime)
-        negative = gcfg.negative_for(cfg.scenario)
-        uncond = unconditional_context(models.encode, negative, models.soft.num_tokens if models.soft else 0,
-                                       preference=gcfg.preference_keywords)
-        # UNet calls are laid out over all the selected samples (one call size, fixed groups of samples that
-        # fill whole calls), and a group with any sample left to do is redone whole: a resumed run denoises each
-        # sample in the very calls the uninterrupted run used, so it writes the same images and records.
-        per_sample = gcfg.num_candidates
-        rows = models.pipeline.rows_for(per_sample * len(jobs))
-        todo = [jobs[i] for group in call_groups([per_sample] * len(jobs), rows)
-                if any(jobs[i].id not in done for i in group) for i in group]
-        bar = _progress(len(pending), progress)
-        for job, images in _denoised(models, gcfg, todo, examples, index, cfg.runtime.seed, uncond, rows):
-            if job.sample.id in done:
-                continue  # shares UNet calls with samples left to do; already in the manifest
-            sample = job.sample
-            history = [prepared.image_path(item) for item in sample.history]
-            record = finish_sample(models, gcfg, job, images, out_dir=out_dir, history=history)
-            outputs.append_record(manifest, record)
-            result.generated.append(sample.id)
+    settings = run_settings(cfg, gcfg)
+    with ownership.claim(out_dir, "generate"):  # the folder locked: a second run on it fails instead of mixing in
+        outputs.check_settings(out_dir, settings)
+        manifest = out_dir / outputs.MANIFEST_FILE
+        done = outputs.read_manifest(manifest)
+        pending = [s for s in jobs if s.id not in done]
+        result.skipped = len(jobs) - len(pending)
+        if pending:
+            models = models or (build or build_models)(cfg, gcfg, runtime)
+            # only now: a run whose models or checkpoint failed to load must not bind the folder to its settings
+            outputs.record_settings(out_dir, settings)
+            negative = gcfg.negative_for(cfg.scenario)
+            uncond = unconditional_context(models.encode, negative, models.soft.num_tokens if models.soft else 0,
+                                           preference=gcfg.preference_keywords)
+            # UNet calls are laid out over all the selected samples (one call size, fixed groups of samples that
+            # fill whole calls), and a group with any sample left to do is redone whole: a resumed run denoises each
+            # sample in the very calls the uninterrupted run used, so it writes the same images and records.
+            per_sample = gcfg.num_candidates
+            rows = models.pipeline.rows_for(per_sample * len(jobs))
+            todo = [jobs[i] for group in call_groups([per_sample] * len(jobs), rows)
+                    if any(jobs[i].id not in done for i in group) for i in group]
+            bar = _progress(len(pending), progress)
+            for job, images in _denoised(models, gcfg, todo, examples, index, cfg.runtime.seed, uncond, rows):
+                if job.sample.id in done:
+                    continue  # shares UNet calls with samples left to do; already in the manifest
+                sample = job.sample
+                history = [prepared.image_path(item) for item in sample.history]
+                record = finish_sample(models, gcfg, job, images, out_dir=out_dir, history=history)
+                outputs.append_record(manifest, record)
+                result.generated.append(sample.id)
+                if bar is not None:
+                    bar.update(1)
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-    result.summary = outputs.summarize(list(outputs.read_manifest(manifest).values()), gcfg.weight_sets)
-    write_atomic(out_dir / outputs.SUMMARY_FILE, json.dumps(result.summary, indent=1, sort_keys=True) + "\n")
+                bar.close()
+        result.summary = outputs.summarize(list(outputs.read_manifest(manifest).values()), gcfg.weight_sets)
+        write_atomic(out_dir / outputs.SUMMARY_FILE, json.dumps(result.summary, indent=1, sort_keys=True) + "\n")
     return result
 
 

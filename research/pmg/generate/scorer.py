@@ -7,14 +7,12 @@ size); texts by the CLIP tokenizer, padded to the text tower's length. Features 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import mindspore as ms
 from mindspore import nn
 
 from research.pmg.generate.select import Selection, cosine_similarity, select
-from research.pmg.models.clip import ClipParts
+from research.pmg.models.clip import ClipParts, clip_image_processor  # noqa: F401  (re-exported)
 
 
 class _ImageFeatures(nn.Cell):
@@ -33,16 +31,6 @@ class _TextFeatures(nn.Cell):
 
     def construct(self, ids):
         return self.model.get_text_features(ids)
-
-
-def clip_image_processor(parts: ClipParts, folder: str | Path = ""):
-    """The checkpoint's image processor, or OpenAI CLIP's preprocessing at ``parts.image_size``."""
-    from transformers import CLIPImageProcessor
-
-    if folder and Path(folder, "preprocessor_config.json").is_file():
-        return CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
-    size = parts.image_size
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 class ClipScorer:

@@ -82,11 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_prompts is not None:
         return show_prompts(cfg, kcfg, runtime, data_dir, args.show_prompts)
 
+    from research.pmg import ownership
     from research.pmg.keywords.extract import extract_keywords
+    from research.pmg.keywords.records import summary_path
 
     rank, world = runtime.rank, runtime.world_size  # msrun workers: setup_runtime joined the job
-    summary, stats = extract_keywords(cfg, kcfg, runtime, data_dir=data_dir, out=out, cache_dir=cache_dir,
-                                      rank=rank, world=world, progress=not args.no_progress)
+    # Only a keywords file this stage wrote (its summary beside it) is replaced, and only a cache folder of this
+    # stage's is appended to; the cache locks each worker's part file itself, so two runs on one cache cannot mix.
+    ownership.check_file(out, summary_path(out))
+    with ownership.claim(cache_dir, "keywords", lock=False):
+        summary, stats = extract_keywords(cfg, kcfg, runtime, data_dir=data_dir, out=out, cache_dir=cache_dir,
+                                          rank=rank, world=world, progress=not args.no_progress)
     if summary is not None:
         counts = summary["counts"]
         answers = ", ".join(f"{k} {v}" for k, v in counts["answers"].items())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from research.pmg.errors import short_repr
+
 SPLITS = ("train", "valid", "test")
 CHAT_FORMAT_NAMES = ("llama2", "human_assistant", "chatml", "plain")
 # The prompt set of each scenario under configs/prompts/ (the paper's three scenarios).
@@ -50,19 +52,26 @@ class KeywordsConfig:
     model_id: str = ""  # cache identity of the LLM; "" = derived from models.llm, precision and generation settings
 
     def validate(self, where: str) -> None:
-        for name in ("num_preference", "num_target", "per_attribute", "max_new_tokens", "batch_size",
-                     "max_item_chars", "max_keyword_words"):
+        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
+
+        check_finite(self, where)  # flags bypass the loader's check
+        # Upper bounds: each of these sizes an array, a prompt or a batch
+        for name, high in (("num_preference", 1000), ("num_target", 1000), ("per_attribute", 1000),
+                           ("max_new_tokens", 1 << 20), ("batch_size", 4096), ("max_item_chars", 1 << 20),
+                           ("max_keyword_words", 1000)):
             _check(getattr(self, name) > 0, where, name, "must be > 0")
+            _check(getattr(self, name) <= high, where, name, f"must be <= {high}")
         _check(self.max_item_chars >= 8, where, "max_item_chars", "must be >= 8")
-        _check(self.top_k >= 0, where, "top_k", "must be >= 0 (0 = off)")
+        _check(0 <= self.top_k <= 1 << 20, where, "top_k", "must be in [0, 1048576] (0 = off)")
         _check(0.0 < self.top_p <= 1.0, where, "top_p", "must be in (0, 1]")
         _check(self.temperature > 0, where, "temperature", "must be > 0")
         _check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
         for split in self.splits:
-            _check(split in SPLITS, where, "splits", f"{split!r} is not one of {list(SPLITS)}")
+            _check(split in SPLITS, where, "splits", f"{short_repr(split)} is not one of {list(SPLITS)}")
         _check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
         _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
-        _check(self.kv_cache_blocks >= 0, where, "kv_cache_blocks", "must be >= 0 (0 = sized from the batch)")
+        _check(0 <= self.kv_cache_blocks <= 1 << 24, where, "kv_cache_blocks",
+               "must be in [0, 16777216] (0 = sized from the batch)")
 
 
 def _check(ok: bool, where: str, name: str, message: str) -> None:

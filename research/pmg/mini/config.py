@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from research.pmg.config import (ConfigError, RuntimeConfig, SchedulerConfig, TrainConfig, _apply_override, _build,
-                                 _check, _read_yaml)
+from research.pmg.config import (SEED_LIMIT, ConfigError, RuntimeConfig, SchedulerConfig, TrainConfig, _check,
+                                 _check_range, load_dataclass_config)
 from research.pmg.data.sticker_set import THEMES
+from research.pmg.errors import short_repr
 
 
 @dataclass
@@ -25,10 +25,10 @@ class StickerImagesConfig:
     themes: list[str] = field(default_factory=lambda: list(THEMES))
 
     def validate(self, where: str) -> None:
-        _check(self.image_size >= 8, where, "image_size", "must be >= 8")
+        _check_range(self.image_size, 8, 8192, where, "image_size")
         _check(bool(self.themes), where, "themes", "must name at least one theme")
         for theme in self.themes:
-            _check(theme in THEMES, where, "themes", f"{theme!r} is not one of {list(THEMES)}")
+            _check(theme in THEMES, where, "themes", f"{short_repr(theme)} is not one of {list(THEMES)}")
 
 
 @dataclass
@@ -47,10 +47,10 @@ class OptimConfig:
     log_every: int = 20
 
     def validate(self, where: str) -> None:
-        _check(self.batch_size > 1, where, "batch_size", "must be > 1")
-        _check(self.max_steps > 0, where, "max_steps", "must be > 0")
-        _check(self.save_every > 0, where, "save_every", "must be > 0")
-        _check(self.log_every > 0, where, "log_every", "must be > 0")
+        _check_range(self.batch_size, 2, 1 << 16, where, "batch_size")
+        _check_range(self.max_steps, 1, 10 ** 9, where, "max_steps")
+        _check_range(self.save_every, 1, 10 ** 9, where, "save_every")
+        _check_range(self.log_every, 1, 10 ** 9, where, "log_every")
         self.as_train_config().validate(where)  # lr, weight decay, warm-up, clipping, keep_last
 
     def as_train_config(self) -> TrainConfig:
@@ -70,7 +70,8 @@ class MiniTokenizerConfig:
 
     def validate(self, where: str) -> None:
         _check(self.vocab_size >= 600, where, "vocab_size", "must be >= 600 (514 byte symbols + merges)")
-        _check(self.caption_repeats > 0, where, "caption_repeats", "must be > 0")
+        _check_range(self.vocab_size, 600, 1 << 20, where, "vocab_size")
+        _check_range(self.caption_repeats, 1, 1000, where, "caption_repeats")
 
 
 @dataclass
@@ -88,7 +89,7 @@ class ClipModelConfig:
     vision_config: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        _check(self.projection_dim > 0, where, "projection_dim", "must be > 0")
+        _check_range(self.projection_dim, 1, 1 << 16, where, "projection_dim")
         _check(0.0 < self.logit_scale <= 4.6052, where, "logit_scale", "must be in (0, ln 100]")
         for key in ("vocab_size", "bos_token_id", "eos_token_id"):
             _check(key not in self.text_config, where, f"text_config.{key}", "is set from the tokenizer; remove it")
@@ -151,10 +152,11 @@ class MiniEvalConfig:
     micro_batch: int = 49
 
     def validate(self, where: str) -> None:
-        _check(self.captions_per_theme > 0, where, "captions_per_theme", "must be > 0")
-        _check(self.steps > 0, where, "steps", "must be > 0")
+        _check_range(self.captions_per_theme, 1, 10_000, where, "captions_per_theme")
+        _check_range(self.steps, 1, 10_000, where, "steps")
         _check(self.guidance >= 1.0, where, "guidance", "must be >= 1")
-        _check(self.micro_batch > 0, where, "micro_batch", "must be > 0")
+        _check_range(self.micro_batch, 1, 1 << 16, where, "micro_batch")
+        _check(0 <= self.seed < SEED_LIMIT, where, "seed", "must be in [0, 2**32)")
 
 
 @dataclass
@@ -178,20 +180,14 @@ class MiniSDConfig:
         _check(bool(self.vae), where, "vae", "must give the AutoencoderKL architecture")
         _check(bool(self.unet), where, "unet", "must give the UNet2DConditionModel architecture")
         _check(bool(self.export), where, "export", "must not be empty")
-        _check(self.tokenizer_max_length > 1, where, "tokenizer_max_length", "must be > 1")
+        _check_range(self.tokenizer_max_length, 2, 1 << 16, where, "tokenizer_max_length")
         _check(self.unet.get("in_channels", 4) == self.vae.get("latent_channels", 4), where, "unet.in_channels",
                "must equal vae.latent_channels")
 
 
 def load_mini_config(cls: type, path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
     """Load ``path`` into ``cls`` (:class:`MiniClipConfig` or :class:`MiniSDConfig`) with ``key=value`` overrides."""
-    source = str(path)
-    raw = _read_yaml(Path(path))
-    for item in overrides:
-        _apply_override(raw, item, source)
-    cfg = _build(cls, raw, source, prefix="")  # validates every section, then the whole
-    cfg.source = source
-    return cfg
+    return load_dataclass_config(cls, path, overrides)  # validates every section, then the whole
 
 
 def config_dict(cfg) -> dict[str, Any]:

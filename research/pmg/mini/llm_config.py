@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from research.pmg.config import ConfigError, LlamaConfig, RuntimeConfig, load_dataclass_config
+from research.pmg.config import (SEED_LIMIT, ConfigError, LlamaConfig, RuntimeConfig, _check_range,
+                                 load_dataclass_config)
+from research.pmg.errors import short_repr
 from research.pmg.keywords.config import KeywordsConfig
 
 KIND_NAMES = ("preference", "target", "integrate")
@@ -32,12 +34,15 @@ class WorldConfig:
 
     def validate(self, where: str) -> None:
         for name in ("users", "eval_users"):
-            _check(getattr(self, name) > 0, where, name, "must be > 0")
+            _check_range(getattr(self, name), 1, 1_000_000, where, name)
         for name in ("events", "eval_events"):
             _check(getattr(self, name) >= 7, where, name, "must be >= 7 (a 5-item history needs earlier uses)")
+            _check_range(getattr(self, name), 7, 100_000, where, name)
+        for name in ("seed", "eval_seed"):
+            _check(0 <= getattr(self, name) < SEED_LIMIT, where, name, "must be in [0, 2**32)")
         _check(self.seed != self.eval_seed, where, "eval_seed", "must differ from seed (held-out users)")
-        _check(self.eval_samples >= 0, where, "eval_samples", "must be >= 0")
-        _check(self.integrate_pairs >= 0, where, "integrate_pairs", "must be >= 0")
+        _check_range(self.eval_samples, 0, 1_000_000, where, "eval_samples")
+        _check_range(self.integrate_pairs, 0, 1_000_000, where, "integrate_pairs")
 
 
 @dataclass
@@ -85,10 +90,10 @@ class MiniTrainConfig:
     log_every: int = 10
 
     def validate(self, where: str) -> None:
-        _check(self.batch_size > 0, where, "batch_size", "must be > 0")
+        _check_range(self.batch_size, 1, 1 << 16, where, "batch_size")
         _check(self.lr > 0, where, "lr", "must be > 0")
         _check(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
-        _check(self.max_steps > 0, where, "max_steps", "must be > 0")
+        _check_range(self.max_steps, 1, 10 ** 9, where, "max_steps")
         _check(0 <= self.warmup_steps <= self.max_steps, where, "warmup_steps", "must be in [0, max_steps]")
         _check(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
         _check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
@@ -96,9 +101,10 @@ class MiniTrainConfig:
         _check(0 <= self.early_steps <= self.max_steps, where, "early_steps", "must be in [0, max_steps]")
         if self.early_steps:
             _check_mix(self.early_mix, where, "early_mix")
-        for name in ("eval_every", "eval_batches", "save_every", "log_every"):
-            _check(getattr(self, name) >= 0, where, name, "must be >= 0")
-        _check(self.keep_last > 0, where, "keep_last", "must be > 0")
+        for name in ("eval_every", "save_every", "log_every"):
+            _check_range(getattr(self, name), 0, 10 ** 9, where, name)
+        _check_range(self.eval_batches, 0, 1 << 20, where, "eval_batches")
+        _check_range(self.keep_last, 1, 10_000, where, "keep_last")
 
 
 @dataclass
@@ -139,7 +145,7 @@ def load_mini_llm_config(path: str | os.PathLike, overrides: list[str] | tuple[s
 
 def _check_mix(mix: dict[str, float], where: str, name: str) -> None:
     unknown = sorted(set(mix) - set(KIND_NAMES))
-    _check(not unknown, where, name, f"unknown kind {unknown[:1]} (kinds: {', '.join(KIND_NAMES)})")
+    _check(not unknown, where, name, f"unknown kind {short_repr(unknown[:1])} (kinds: {', '.join(KIND_NAMES)})")
     _check(all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0, where, name,
            "weights must be >= 0 with a positive sum")
 

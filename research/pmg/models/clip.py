@@ -33,6 +33,21 @@ class ClipParts:
         return int(self.model.config.vision_config.image_size)
 
 
+def clip_image_processor(parts: ClipParts, folder: str | Path = ""):
+    """The CLIP folder's ``CLIPImageProcessor`` (its ``preprocessor_config.json``), else OpenAI CLIP's resize,
+    centre crop and normalisation at ``parts.image_size``. A config that does not load is a :class:`ConfigError`."""
+    from transformers import CLIPImageProcessor
+
+    config = Path(folder, "preprocessor_config.json") if folder else None
+    if config is not None and config.is_file():
+        try:
+            return CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is not an object
+            raise ConfigError(f"{config}: not a usable CLIP image processor config: {exc}") from None
+    size = parts.image_size
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
 def build_clip(cfg: ClipConfig, runtime: Runtime, *, source: str = "config",
                tokenizer_dir: str | Path | None = None) -> ClipParts:
     """Build CLIP from ``cfg.path`` (a local ``CLIPModel`` folder) or random init from its sub-configs."""
@@ -40,13 +55,16 @@ def build_clip(cfg: ClipConfig, runtime: Runtime, *, source: str = "config",
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     from research.pmg.models.tokenizers import load_clip_tokenizer
+    from research.pmg.models.weights import load_pretrained
 
     if cfg.path:
         root = Path(cfg.path)
         if not (root / "config.json").is_file():
             raise ConfigError(f"{source}: models.clip.path: {root} has no config.json (expected a Hugging Face "
                               "CLIPModel folder; see ckpt_convert clip)")
-        model = CLIPModel.from_pretrained(str(root), local_files_only=True, mindspore_dtype=runtime.compute_dtype)
+        model = load_pretrained(lambda: CLIPModel.from_pretrained(str(root), local_files_only=True,
+                                                                  mindspore_dtype=runtime.compute_dtype),
+                                root, what=f"{source}: models.clip.path")
         tokenizer = load_clip_tokenizer(root, model.config.text_config.max_position_embeddings)
     else:
         check_arch(CLIPTextConfig, cfg.text_config, f"{source}: models.clip.text_config")

@@ -53,6 +53,7 @@ def build_diffusion(cfg: DiffusionConfig, runtime: Runtime, *, source: str = "co
     from transformers import CLIPTextConfig
 
     from research.pmg.models.tokenizers import load_clip_tokenizer
+    from research.pmg.models.weights import load_pretrained
 
     dtype = runtime.compute_dtype
     if cfg.path:
@@ -61,10 +62,13 @@ def build_diffusion(cfg: DiffusionConfig, runtime: Runtime, *, source: str = "co
             if not (root / sub).is_dir():
                 raise ConfigError(f"{source}: models.diffusion.path: {root} has no '{sub}' folder (expected a "
                                   "diffusers-format Stable Diffusion folder; see ckpt_convert sd)")
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True, mindspore_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True, mindspore_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True,
-                                                     mindspore_dtype=dtype)
+        what = f"{source}: models.diffusion.path"
+        unet = load_pretrained(lambda: UNet2DConditionModel.from_pretrained(
+            root, subfolder="unet", local_files_only=True, mindspore_dtype=dtype), root / "unet", what=what)
+        vae = load_pretrained(lambda: AutoencoderKL.from_pretrained(
+            root, subfolder="vae", local_files_only=True, mindspore_dtype=dtype), root / "vae", what=what)
+        text_encoder = load_pretrained(lambda: CLIPTextModel.from_pretrained(
+            root / "text_encoder", local_files_only=True, mindspore_dtype=dtype), root / "text_encoder", what=what)
         tokenizer = load_clip_tokenizer(root / "tokenizer", cfg.tokenizer_max_length)
         scheduler = build_scheduler(cfg.scheduler, root / "scheduler")
     else:

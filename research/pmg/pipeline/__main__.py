@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
+from research.pmg.errors import error_line
 from research.pmg.errors import PMGError
 from research.pmg.pipeline.stages import STAGE_NAMES
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipeline.run(only=only or None, force=force)
     except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.code
     if pipeline.paths.report.is_file() and (not only or "report" in only):
         print(f"pipeline complete: {pipeline.paths.report}")

@@ -1,4 +1,8 @@
-"""The last stage: ``<output_dir>/report.md``, one page over every stage's own summary files (nothing recomputed)."""
+"""The last stage: ``<output_dir>/report.md``, one page over every stage's own summary files (nothing recomputed).
+
+Text read from those files or from the command line (paths, model ids, names) is escaped for Markdown
+(:mod:`research.pmg.textsafe`); the evaluation's ``results.md`` is embedded as its writer escaped it.
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +15,7 @@ from research.pmg.data.records import write_atomic
 from research.pmg.keywords.records import summary_path
 from research.pmg.pipeline import users
 from research.pmg.pipeline.stages import STAGE_NAMES, Paths
+from research.pmg.textsafe import md, md_code
 
 USERS_FIGURE = "users.png"
 # Columns of the simulated-users figure: title -> evaluation method name.
@@ -39,43 +44,45 @@ def render(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path:
     keywords = _json(summary_path(paths.keywords))
     generated = _json(paths.generate / "summary.json")
     train = _last_train_record(paths.train / "train_log.jsonl")
-    lines = [f"# PMG pipeline report: {cfg.scenario}", "",
-             f"- config: `{config_path}`; output folder: `{paths.root}`",
-             f"- device {cfg.runtime.device}, mode {cfg.runtime.mode}, precision {cfg.runtime.precision}, "
+    lines = [f"# PMG pipeline report: {md(cfg.scenario)}", "",
+             f"- config: {md_code(config_path)}; output folder: {md_code(paths.root)}",
+             f"- device {md(cfg.runtime.device)}, mode {md(cfg.runtime.mode)}, precision {md(cfg.runtime.precision)}, "
              f"seed {cfg.runtime.seed}", "", "## Stages", "", "| stage | seconds (last run) | output |",
              "|---|---|---|"]
     outputs = {"prepare": paths.data, "keywords": paths.keywords, "train": paths.train / "checkpoints",
                "generate": paths.generate, "evaluate": paths.evaluate}
     for name in STAGE_NAMES[:-1]:
-        lines.append(f"| {name} | {timings.get(name, 0.0):.1f} | `{_short(outputs[name], paths.root)}` |")
+        lines.append(f"| {name} | {timings.get(name, 0.0):.1f} | "
+                     f"{md_code(_short(outputs[name], paths.root), in_table=True)} |")
     counts = data.get("counts", {})
+    c = {key: md(counts.get(key, "?")) for key in ("samples", "users", "items", "train", "valid", "test")}
     lines += ["", "## Data", "",
-              f"{counts.get('samples', '?')} samples of {counts.get('users', '?')} users over "
-              f"{counts.get('items', '?')} items (train {counts.get('train', '?')}, valid {counts.get('valid', '?')}, "
-              f"test {counts.get('test', '?')})"]
+              f"{c['samples']} samples of {c['users']} users over {c['items']} items (train {c['train']}, "
+              f"valid {c['valid']}, test {c['test']})"]
     kc = keywords.get("counts", {})
+    kw = {key: md(kc.get(key, "?")) for key in ("samples", "ok", "partial", "failed")}
     lines += ["", "## Keywords", "",
-              f"{kc.get('samples', '?')} samples: ok {kc.get('ok', '?')}, partial {kc.get('partial', '?')}, "
-              f"failed {kc.get('failed', '?')} (model `{keywords.get('model_id', '?')}`)"]
+              f"{kw['samples']} samples: ok {kw['ok']}, partial {kw['partial']}, failed {kw['failed']} "
+              f"(model {md_code(keywords.get('model_id', '?'))})"]
     if kc.get("samples") and kc.get("failed") == kc.get("samples"):
         lines.append("(every answer unparseable: expected of a random-init LLM; real weights give keywords)")
     lines += ["", "## Training", ""]
     if train:
         eval_loss = train.get("eval_loss")
-        lines.append(f"{train.get('step', '?')} steps; last loss {train.get('loss', float('nan')):.4f}"
+        lines.append(f"{md(train.get('step', '?'))} steps; last loss {train.get('loss', float('nan')):.4f}"
                      + (f", held-out loss {eval_loss:.4f}" if eval_loss is not None else ""))
     if generated:
         chosen = generated.get("chosen_mean", {})
         lines += ["", "## Generation", "",
-                  f"{generated.get('samples', '?')} samples, {generated.get('candidates', '?')} candidates; chosen: "
-                  + ", ".join(f"mean {k} {v:.4f}" for k, v in chosen.items() if v is not None)
-                  + "; picks per (w_p,w_t): " + ", ".join(f"({k}) {v}" for k, v in
+                  f"{md(generated.get('samples', '?'))} samples, {md(generated.get('candidates', '?'))} candidates; "
+                  "chosen: " + ", ".join(f"mean {md(k)} {v:.4f}" for k, v in chosen.items() if v is not None)
+                  + "; picks per (w_p,w_t): " + ", ".join(f"({md(k)}) {md(v)}" for k, v in
                                                           generated.get("picks_per_weight_set", {}).items())]
     results = paths.evaluate / "results.md"
     if results.is_file():
         body = results.read_text(encoding="utf-8").splitlines()
-        lines += ["", "## Evaluation", "", f"From `{_short(results, paths.root)}` (gallery: "
-                  f"`{_short(paths.evaluate / 'gallery.html', paths.root)}`):", ""]
+        lines += ["", "## Evaluation", "", f"From {md_code(_short(results, paths.root))} (gallery: "
+                  f"{md_code(_short(paths.evaluate / 'gallery.html', paths.root))}):", ""]
         lines += [("#" + line) if line.startswith("#") else line for line in body[1:]]
     lines += _users_section(paths)
     written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

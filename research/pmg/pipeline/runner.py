@@ -13,17 +13,20 @@ and their combined digest after it succeeded. On the next run a stage is
 - skipped when it is done with the same key and every recorded file still has its checksum;
 - re-run, continuing its own resumable work (keyword cache, training checkpoints, generation manifest), when
   it was running with the same key: the run before was interrupted;
-- re-run from scratch when its key changed (settings or inputs differ): its resumable outputs are moved to
-  ``<folder>.stale-<old key>`` first, never mixed with new ones;
+- re-run from scratch when its key changed (settings or inputs differ): its resumable outputs, as its stamp recorded
+  them (not wherever the config points now), are moved to ``<folder>.stale-<old key>`` first, never mixed with new
+  ones, and only when they carry the project's marker (:mod:`research.pmg.ownership`);
 - repaired and re-run when recorded files changed after they were written: damaged training checkpoints are
   set aside (``checkpoints/.corrupt-step-*``) and training resumes from the newest intact one; other stages
   are rebuilt.
 
-A lock on ``pipeline/lock`` keeps two pipelines off one output folder.
+Before a stage runs, every folder and file it will write is checked against the ownership rule
+(:mod:`research.pmg.ownership`): a folder someone else made stops the pipeline with one error, before anything is
+moved. The state folder's lock keeps two pipelines off one output folder; each stage command also locks its own.
 """
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from research.pmg import ownership
 from research.pmg.config import PMGConfig
 from research.pmg.data.records import write_atomic
 from research.pmg.errors import PMGError
@@ -154,7 +158,8 @@ class Pipeline:
             return False
         if stamp["key"] != key or stage.name in force:
             why = "forced" if stage.name in force else "settings or inputs changed since its outputs were made"
-            moved = self._set_aside(stage, stamp["key"][:8])
+            self._check_locations(stage)
+            moved = self._set_aside(stage, stamp, stamp["key"][:8])
             moved_note = f" (old outputs moved to {', '.join(moved)})" if moved else ""
             self.echo(f"{tag}: {why}; running it again{moved_note}")
             return False
@@ -170,23 +175,47 @@ class Pipeline:
             return True
         self.echo(f"{tag}: {len(bad)} output file(s) changed or missing since the stage finished (checksum), e.g. "
                   f"{bad[0]}; rebuilding")
-        self._repair(stage, bad, stamp["key"][:8])
+        self._check_locations(stage)
+        self._repair(stage, bad, stamp)
         return False
 
     def _outputs(self, stage: Stage) -> list[str]:
         return [_rel(path, self.paths.root) for path in stage.outputs(self.paths)]
 
-    def _set_aside(self, stage: Stage, label: str) -> list[str]:
+    def _check_locations(self, stage: Stage) -> None:
+        """Refuse, before anything is moved or started, when a folder or file the stage will write is not the
+        project's (see :mod:`research.pmg.ownership`)."""
+        for folder in stage.folders(self.paths):
+            ownership.check(folder, stage.name)
+        if stage.name == "report":
+            from research.pmg.pipeline.report import USERS_FIGURE
+
+            for path in (self.paths.report, self.paths.root / USERS_FIGURE):
+                ownership.check_file(path, stamp_path(self.paths, stage.name))
+
+    def _set_aside(self, stage: Stage, stamp: dict, label: str) -> list[str]:
+        """Move the resumable outputs the stamp recorded (where the stage wrote them, whatever the config says now)
+        to ``<folder>.stale-<label>``; a recorded folder without the stage's marker is left where it is."""
         moved = []
-        for folder in stage.owned(self.paths):
-            if folder.exists():
-                target = folder.with_name(f"{folder.name}.stale-{label}")
-                shutil.rmtree(target, ignore_errors=True)
+        for rel in stamp.get("owned", []):
+            folder = self.paths.root / rel
+            if not folder.exists():
+                continue
+            if ownership.owner(folder) != stage.name:
+                self.echo(f"  left {folder} in place: it does not carry this project's {ownership.MARKER} marker")
+                continue
+            target = folder.with_name(f"{folder.name}.stale-{label}")
+            number = 1
+            while os.path.lexists(target):  # never replace what is there, even an older stale copy
+                number += 1
+                target = folder.with_name(f"{folder.name}.stale-{label}-{number}")
+            with ownership.hold(folder / ownership.LOCK, folder):  # not while a stage command works in it
                 os.replace(folder, target)
-                moved.append(str(target))
+            (target / ownership.LOCK).unlink(missing_ok=True)  # the lock file went along
+            moved.append(str(target))
         return moved
 
-    def _repair(self, stage: Stage, bad: list[str], label: str) -> None:
+    def _repair(self, stage: Stage, bad: list[str], stamp: dict) -> None:
         if stage.name == "train":  # resume from the newest intact checkpoint instead of training from zero
             checkpoints = self.paths.train / "checkpoints"
             damaged = [self.paths.root / rel for rel in bad]
@@ -200,11 +229,13 @@ class Pipeline:
                     self.echo(f"  set aside the damaged checkpoint {name} (as {target.name}); training resumes "
                               "from the newest intact one")
                 return
-        self._set_aside(stage, f"corrupt-{label}")
+        self._set_aside(stage, stamp, f"corrupt-{stamp['key'][:8]}")
 
     # -- running --------------------------------------------------------------------------------------------------
     def _run_stage(self, stage: Stage, key: str, tag: str) -> None:
-        write_stamp(self.paths, stage.name, {"stage": stage.name, "state": "running", "key": key,
+        self._check_locations(stage)
+        owned = [_rel(folder, self.paths.root) for folder in stage.owned(self.paths)]
+        write_stamp(self.paths, stage.name, {"stage": stage.name, "state": "running", "key": key, "owned": owned,
                                              "started": _now()})
         start = time.time()
         if stage.name == "report":
@@ -221,7 +252,7 @@ class Pipeline:
                               f"{', '.join(map(str, stage.outputs(self.paths)))}", 1)
         digest = digest_of(files)
         write_stamp(self.paths, stage.name, {"stage": stage.name, "state": "done", "key": key, "digest": digest,
-                                             "files": files, "outputs": self._outputs(stage),
+                                             "files": files, "outputs": self._outputs(stage), "owned": owned,
                                              "seconds": round(seconds, 2), "finished": _now()})
         self.digests[stage.name] = digest
         self.timings[stage.name] = seconds
@@ -264,27 +295,12 @@ class Pipeline:
         if code != 0:
             raise StageFailed(_failure(stage.name, code, log, msrun_logs), USER_ERROR if code == USER_ERROR else 1)
 
+    @contextlib.contextmanager
     def _lock(self):
-        self.paths.state.mkdir(parents=True, exist_ok=True)
-        return _Lock(self.paths.state / "lock")
-
-
-class _Lock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.handle = open(self.path, "a")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.handle.close()
-            raise PMGError(f"{self.path}: another pipeline is running on this output folder") from None
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        """The state folder (stamps) and the pipeline's log folder, claimed; the state folder's lock held."""
+        with ownership.claim(self.paths.state, "pipeline"), \
+                ownership.claim(self.paths.logs, "pipeline", lock=False):
+            yield
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ class Stage:
     settings: Callable[[PMGConfig], dict[str, Any]]  # the config values its outputs depend on
     outputs: Callable[[Paths], list[Path]]  # files or folders whose files are checksummed in the stamp
     owned: Callable[[Paths], list[Path]] = lambda paths: []  # resumable outputs, set aside when out of date
+    # the folders it writes into, checked against the ownership rule (research/pmg/ownership.py) before it runs
+    folders: Callable[[Paths], list[Path]] = lambda paths: []
     distributed: bool = False  # runs under msrun with --nproc > 1
     extra_args: Callable[[Paths], list[str]] = lambda paths: []
 
@@ -109,7 +111,7 @@ def _lpips_files(cfg: PMGConfig) -> list:
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "research.pmg.data.prepare", (),
           settings=lambda c: {"scenario": c.scenario, "data": _section(c, "data", "out"), "raw": raw_fingerprint(c)},
-          outputs=lambda p: [p.data]),
+          outputs=lambda p: [p.data], folders=lambda p: [p.data]),
     Stage("keywords", "research.pmg.keywords", ("prepare",),
           settings=lambda c: {"scenario": c.scenario, "keywords": _section(c, "keywords", "data", "out", "cache"),
                               "models": _models(c, "llm"), "runtime": _runtime(c)},
@@ -117,18 +119,18 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "research.pmg.train", ("prepare", "keywords"),
           settings=lambda c: {"scenario": c.scenario, "train": _section(c, "train", "keywords"),
                               "models": _models(c, "llm", "soft_preference", "diffusion"), "runtime": _runtime(c)},
-          outputs=lambda p: [p.train / "checkpoints"], owned=lambda p: [p.train], distributed=True,
-          extra_args=lambda p: ["--resume"]),
+          outputs=lambda p: [p.train / "checkpoints"], owned=lambda p: [p.train], folders=lambda p: [p.train],
+          distributed=True, extra_args=lambda p: ["--resume"]),
     Stage("generate", "research.pmg.generate", ("prepare", "keywords", "train"),
           settings=lambda c: {"scenario": c.scenario, "generate": _section(c, "generate", "data", "keywords", "out"),
                               "models": _models(c, "llm", "soft_preference", "diffusion", "clip"),
                               "runtime": _runtime(c)},
-          outputs=lambda p: [p.generate], owned=lambda p: [p.generate]),
+          outputs=lambda p: [p.generate], owned=lambda p: [p.generate], folders=lambda p: [p.generate]),
     Stage("evaluate", "research.pmg.evaluate", ("prepare", "keywords", "generate"),
           settings=lambda c: {"scenario": c.scenario, "evaluate": _section(c, "evaluate", "data", "keywords", "out"),
                               "models": _models(c, "clip"), "runtime": _runtime(c),
                               "lpips_files": _lpips_files(c)},
-          outputs=lambda p: [p.evaluate], extra_args=lambda p: ["--run-methods"]),
+          outputs=lambda p: [p.evaluate], folders=lambda p: [p.evaluate], extra_args=lambda p: ["--run-methods"]),
     Stage("report", "", ("prepare", "keywords", "train", "generate", "evaluate"),
           settings=lambda c: {}, outputs=lambda p: [p.report]),
 )

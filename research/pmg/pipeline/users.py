@@ -19,6 +19,7 @@ from research.pmg.data.records import PreparedData, Sample
 from research.pmg.evaluate.images import load_rgb
 from research.pmg.evaluate.methods import read_images
 from research.pmg.keywords.records import SampleKeywords
+from research.pmg.textsafe import md
 
 # Theme -> how the report names its lover; the sticker world's themes (research.pmg.data.sticker_set.THEMES).
 LOVERS = {"cats": "cat lover", "hearts": "heart lover", "food": "food lover", "faces": "smiley lover",
@@ -108,17 +109,18 @@ def figure(rows: Sequence[UserRow], data: PreparedData, *, cell: int = 96) -> by
 
 
 def markdown(rows: Sequence[UserRow], data: PreparedData, image_name: str) -> list[str]:
-    """The report section: the figure and a table of what each user's prompt said."""
+    """The report section: the figure and a table of what each user's prompt said (every text escaped)."""
     if not rows:
         return []
     lines = ["## Simulated users", "",
              "Held-out users of the sticker world whose history is mostly one theme; left to right: their last "
-             "five stickers, the target sticker (framed), and " + ", ".join(f"**{c}**" for c in rows[0].images)
+             "five stickers, the target sticker (framed), and " + ", ".join(f"**{md(c)}**" for c in rows[0].images)
              + " images for that target.", "", f"![simulated users]({image_name})", "",
              "| user | sample | history | target | preference keywords | target keywords |", "|---|---|---|---|---|---|"]
     for row in rows:
         history = "; ".join(data.items[i].title for i in row.sample.history)
-        lines.append(f"| {row.label} | {row.sample.id} | {history} | {data.items[row.sample.target].title} | "
-                     f"{', '.join(row.preference_keywords)} | {', '.join(row.target_keywords)} |")
+        cells = (row.label, row.sample.id, history, data.items[row.sample.target].title,
+                 ", ".join(row.preference_keywords), ", ".join(row.target_keywords))
+        lines.append("| " + " | ".join(md(cell) for cell in cells) + " |")
     return lines
 

@@ -2,8 +2,9 @@
 
 Reads the prepared dataset (``data.out`` or ``<output_dir>/data``) and the keywords file (``train.keywords``
 or ``<output_dir>/keywords/keywords.jsonl``); writes ``<output_dir>/train/`` (config.yaml, train_log.jsonl,
-checkpoints/step-*/ with soft_preference.ckpt for generation). Under ``msrun`` each worker trains on its
-slice of every global batch and gradients are averaged (data parallel).
+checkpoints/step-*/ with soft_preference.ckpt for generation), a folder it made itself or an empty one
+(research/pmg/ownership.py). Under ``msrun`` each worker trains on its slice of every global batch and gradients
+are averaged (data parallel).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
+from research.pmg.errors import error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,24 +23,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
+    from research.pmg import ownership
     from research.pmg.runtime import setup_runtime
 
     runtime = setup_runtime(cfg.runtime)
+    out = runtime.output_dir / "train"
+    if not args.resume:  # fail fast; with --resume the newest checkpoint there is read first (Trainer.run claims)
+        ownership.check(out, "train")
     from research.pmg.data.records import load_prepared
     from research.pmg.keywords.records import load_keywords
     from research.pmg.train.build import build_trainer
-    from research.pmg.train.loop import NonFiniteLoss, save_run_config
+    from research.pmg.train.loop import NonFiniteLoss
 
-    out = runtime.output_dir / "train"
     prepared = load_prepared(Path(cfg.data.out) if cfg.data.out else runtime.output_dir / "data")
     keywords = load_keywords(Path(cfg.train.keywords) if cfg.train.keywords else runtime.output_dir / "keywords")
-    if runtime.rank == 0:
-        save_run_config(cfg, out)
     trainer = build_trainer(cfg, runtime, prepared, keywords, rank=runtime.rank, world=runtime.world_size)
     try:
         result = trainer.run(out, resume=args.resume, progress=not args.no_progress)
     except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
     if runtime.rank == 0:
         last = result.eval_losses.get(result.steps_done)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
+from research.pmg import ownership
 from research.pmg.config import PMGConfig, dump_config
 from research.pmg.errors import PMGError
 from research.pmg.runtime import Runtime
@@ -90,16 +91,25 @@ class Trainer:
         return float(np.mean(losses))
 
     def run(self, out: Path, resume: bool, progress: bool = True, stop_after: int | None = None) -> TrainResult:
-        """Train to ``train.max_steps`` (or ``stop_after`` steps, to simulate an interrupted run in tests)."""
-        train = self.cfg.train
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_dir = out / "checkpoints"
+        """Train to ``train.max_steps`` (or ``stop_after`` steps, to simulate an interrupted run in tests).
+
+        ``out`` is claimed (research/pmg/ownership.py: checked, marked, locked by rank 0) and ``config.yaml`` written
+        only once the checkpoint to resume from has loaded: a run that fails to load leaves no settings behind.
+        """
         start = 0
         if resume:
-            found = list_checkpoints(ckpt_dir)
+            found = list_checkpoints(out / "checkpoints")
             if found:
                 meta = load_train_checkpoint(found[-1], self.step_cell, self.frozen_prefixes)
                 start = int(meta["step"])
+        with ownership.claim(out, "train", lock=self.rank == 0):
+            if self.rank == 0:
+                save_run_config(self.cfg, out)
+            return self._train(out, start, progress, stop_after)
+
+    def _train(self, out: Path, start: int, progress: bool, stop_after: int | None) -> TrainResult:
+        train = self.cfg.train
+        ckpt_dir = out / "checkpoints"
         result = TrainResult(output_dir=out, steps_done=start, last_checkpoint=(list_checkpoints(ckpt_dir) or [None])[-1])
         if start >= train.max_steps:
             return result
@@ -176,5 +186,4 @@ def _progress(start: int, total: int, enabled: bool):
 
 
 def save_run_config(cfg: PMGConfig, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
