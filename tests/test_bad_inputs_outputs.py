@@ -25,6 +25,7 @@ from typing import Callable
 import pytest
 
 from research.pmg import ownership
+from tests.bad_input_helpers import assert_one_error_line
 from tests.pipeline_helpers import CONFIG, copy_reference, env, run_pipeline, stamps
 
 PREPARE, KEYWORDS, TRAIN, GENERATE, EVALUATE = ("research.pmg.data.prepare", "research.pmg.keywords",
@@ -72,14 +73,9 @@ def snapshot(root: Path, skip: tuple[str, ...] = ("o",)) -> dict[str, bytes | No
 
 def assert_refused(proc: subprocess.CompletedProcess, *names: str) -> str:
     """Exit 2, one ``error:`` line (the last on stderr) that contains every one of ``names``, no traceback."""
-    output = proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert proc.returncode == 2, f"exit {proc.returncode}:\n{output[-3000:]}"
-    assert "Traceback" not in output, output[-3000:]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-3000:]
-    assert all(name in errors[0] for name in names), errors[0]
-    return errors[0]
+    line = assert_one_error_line(proc)
+    assert all(name in line for name in names), line
+    return line
 
 
 # ---------------------------------------------------------------------------------------------------------------------
