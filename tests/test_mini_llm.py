@@ -293,3 +293,17 @@ def test_committed_model_names_the_cat_lovers_character(runtime, committed, tmp_
     answers = llm.generate([character.text, emotion.text])
     assert "cat" in parse_keywords(answers[0]).keywords, answers[0]
     assert set(parse_keywords(answers[1]).keywords) & {"happy", "angry", "tired", "sad"}, answers[1]
+
+
+def test_world_folder_the_project_did_not_make_is_not_deleted(tmp_path):
+    """build_world rebuilds a world made with other settings from scratch; a user's folder at that path (no world
+    stamp, no .pmg-owned) is refused and left as it was, never removed."""
+    from research.pmg.mini.llm_train import build_world
+    from research.pmg.ownership import OwnershipError
+
+    root = tmp_path / "world"
+    root.mkdir()
+    (root / "thesis.tex").write_text("precious")
+    with pytest.raises(OwnershipError, match="was not made by this project"):
+        build_world(root, users=3, events=4, seed=0)
+    assert (root / "thesis.tex").read_text() == "precious"

@@ -64,12 +64,15 @@ def build_world(root: Path, users: int, events: int, seed: int) -> tuple[Any, li
     from research.pmg.data.records import load_prepared
     from research.pmg.data.sticker_set import build_sticker_set
     from research.pmg.data.stickers import STICKER_FILE
+    from research.pmg import ownership
 
     settings = {"users": users, "events": events, "seed": seed}
     stamp = root / "world.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == settings):
+        ownership.check(root, "mini_world")  # rebuilt from scratch: never a folder the project did not make
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
+        ownership.mark(root, "mini_world")
         build_sticker_set(root / "raw", users=users, events=events, seed=seed)
         prepare("stickers", DataConfig(raw=str(root / "raw"), out=str(root / "data")), progress=False)
         write_atomic(stamp, json.dumps(settings, sort_keys=True))
