@@ -270,36 +270,28 @@ def test_prefix_model_with_flash_attention_computes_ordinary_prefix_attention(ti
     """MindFormers builds FlashAttentionScore(sparse_mode=0, next_tokens=0) and puts the S prefix keys in front:
     counted from the top-left corner, that band hid each query's last S keys. The arguments and mask the project
     builds, run through a NumPy model of the kernel, must equal ordinary prefix attention with either corner."""
+    from dataclasses import replace
+
     from research.pmg.models.soft_preference import SoftPreferenceEncoder
-    from research.pmg.selftest.attention import (CORNERS, flash_args, flash_attention_score, prefix_attention,
-                                                 project_mask)
+    from research.pmg.selftest.attention import band_errors, flash_args
 
     llm, soft = tiny_cfg.models.llm, tiny_cfg.models.soft_preference
     S, L = soft.prefix_len, 16
-    llm_short = type(llm)(**{**llm.__dict__, "seq_length": L})
-    llama = build_llm(tiny_cfg.__class__(**{**tiny_cfg.__dict__, "models": type(tiny_cfg.models)(
-        **{**tiny_cfg.models.__dict__, "llm": llm_short})}), _flash_runtime(runtime), batch_size=BATCH)
+    llm_short = replace(llm, seq_length=L)
+    short = replace(tiny_cfg, models=replace(tiny_cfg.models, llm=llm_short))
+    llama = build_llm(short, _flash_runtime(runtime), batch_size=BATCH)
     before = flash_args(llama)
     assert {a.next_tokens for a in before} == {0}, "MindFormers' own band changed: re-read its source"
     SoftPreferenceEncoder(llama, llm_short, soft, ctx_dim=32)
     after = flash_args(llama)
     assert len(after) == llm.num_layers and {a.next_tokens for a in after} == {S}
 
-    rng = np.random.default_rng(0)
-    heads, dim = llm.num_heads, llm.hidden_size // llm.num_heads
-    tokens = random_ids(rng, BATCH, L, llm.vocab_size)
+    tokens = random_ids(np.random.default_rng(0), BATCH, L, llm.vocab_size)
     tokens[1, :5] = llm.pad_token_id  # left padding, as the soft-preference prompts have
-    mask = project_mask(llama, tokens, S)
-    q, k, v = (rng.normal(size=(BATCH, heads, L, dim)) for _ in range(3))
-    kp, vp = (rng.normal(size=(BATCH, heads, S, dim)) for _ in range(2))
-    expected = prefix_attention(q, kp, vp, k, v, tokens == llm.pad_token_id, after[0].scale_value)
-    keys, values = np.concatenate([kp, k], 2), np.concatenate([vp, v], 2)
-    for corner in CORNERS:
-        got = flash_attention_score(q, keys, values, mask, after[0], corner)
-        np.testing.assert_allclose(got, expected, atol=1e-12, err_msg=f"band counted from the {corner} corner")
+    for corner, error in band_errors(llama, tokens, S, llm.pad_token_id, after[0]).items():
+        assert error < 1e-12, f"band counted from the {corner} corner: {error}"
     # The defect this guards against: MindFormers' next_tokens = 0, counted from the top-left corner.
-    broken = flash_attention_score(q, keys, values, mask, before[0], "top_left")
-    assert np.abs(broken - expected)[:, :, :, :].max() > 0.1
+    assert band_errors(llama, tokens, S, llm.pad_token_id, before[0])["top_left"] > 0.1
 
 
 def test_keyword_batch_16_at_seq_length_1024_fits_the_paged_kv_cache(tiny_cfg, runtime):

@@ -89,8 +89,7 @@ def fit_flash_attention_to_prefix(llama: nn.Cell, prefix_len: int) -> int:
     mask. In sparse_mode 0 the kernel computes only the band ``i - pre_tokens <= j <= i + next_tokens`` counted
     from the top-left corner, and the mask on top of it; with ``next_tokens = 0`` query i keeps only keys 0..i:
     for i < S part of the prefix and none of its own tokens, after that the prefix and only the first i - S + 1
-    of its i + 1 tokens. ``next_tokens = S`` puts
-    the band's edge on the mask's diagonal, so the mask alone decides (whichever corner the band is counted
+    of its i + 1 tokens. ``next_tokens = S`` puts the band's edge on the mask's diagonal, so the mask alone decides (whichever corner the band is counted
     from: the mask hides everything a wider band adds) and the kernel still skips the blocks above it.
     Returns the number of attention layers changed (0 without flash attention).
     """

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--nproc must be >= 1")
     cfg = config_from_args(args)
 
-    from research.pmg.runtime import setup_runtime
+    from research.pmg.runtime import CHIPS, setup_runtime
     from research.pmg.selftest import checks as ck
 
     reference_path = args.reference or ck.REFERENCE
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             report.append(check)
             print(check.line(), flush=True)
 
-    if runtime.device == "Ascend" and runtime.chip not in _known_chips():
+    if runtime.device == "Ascend" and runtime.chip not in CHIPS:
         emit([ck.Check("chip", "FAIL", f"MindSpore reports chip {runtime.chip!r}, which the runtime does not know: "
                                        "precision and flash attention fell back to fp16 / off")])
     models = ck.build_models(cfg, runtime, PER_WORKER_BATCH)
@@ -82,12 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"check_ascend: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
           + (f" (failed: {', '.join(failed)})" if failed else ""), flush=True)
     return 1 if failed else 0
-
-
-def _known_chips():
-    from research.pmg.runtime import CHIPS
-
-    return CHIPS
 
 
 def worker(cfg, runtime, out: Path) -> int:

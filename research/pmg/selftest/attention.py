@@ -81,3 +81,20 @@ def project_mask(llama, tokens: np.ndarray, prefix_len: int) -> np.ndarray:
     causal = llama.model.casual_mask(ms.Tensor(np.asarray(tokens, np.int32))).asnumpy()
     zeros = np.zeros(causal.shape[:3] + (prefix_len,), causal.dtype)
     return np.concatenate([zeros, causal], axis=-1)
+
+
+def band_errors(llama, tokens: np.ndarray, prefix_len: int, pad_token_id: int, args: FlashArgs,
+                seed: int = 0) -> dict[str, float]:
+    """Max |FlashAttentionScore model - ordinary prefix attention| per band corner, on random q, k, v and prefix
+    keys/values for ``tokens`` ``(B, S)``, with the mask ``llama`` builds and the kernel arguments ``args``."""
+    rng = np.random.default_rng(seed)
+    cfg = llama.config
+    rows, length, heads = tokens.shape[0], tokens.shape[1], cfg.num_heads
+    dim = cfg.hidden_size // heads
+    q, k, v = (rng.standard_normal((rows, heads, length, dim)) for _ in range(3))
+    kp, vp = (rng.standard_normal((rows, heads, prefix_len, dim)) for _ in range(2))
+    mask = project_mask(llama, tokens, prefix_len)
+    expected = prefix_attention(q, kp, vp, k, v, tokens == pad_token_id, args.scale_value)
+    keys, values = np.concatenate([kp, k], 2), np.concatenate([vp, v], 2)
+    return {corner: float(np.abs(flash_attention_score(q, keys, values, mask, args, corner) - expected).max())
+            for corner in CORNERS}

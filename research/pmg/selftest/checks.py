@@ -229,18 +229,11 @@ def prefix_attention_check(cfg: PMGConfig, runtime: Runtime, batch: dict[str, np
     llama = build_llm(cfg, replace(runtime, flash_attention=True), batch_size=rows)  # built, never run here
     SoftPreferenceEncoder(llama, llm, soft, 32)
     args = attention.flash_args(llama)
-    rng = np.random.default_rng(cfg.runtime.seed)
     # The LLM reads the prompt and then the L multimodal positions, whose ids only have to differ from padding.
     tokens = np.concatenate([batch["prompt_ids"], np.full((rows, soft.num_mm_tokens), llm.pad_token_id + 1,
                                                           np.int32)], axis=1)
-    heads, dim, S = llm.num_heads, llm.hidden_size // llm.num_heads, soft.prefix_len
-    q, k, v = (rng.standard_normal((rows, heads, tokens.shape[1], dim)) for _ in range(3))
-    kp, vp = (rng.standard_normal((rows, heads, S, dim)) for _ in range(2))
-    mask = attention.project_mask(llama, tokens, S)
-    expected = attention.prefix_attention(q, kp, vp, k, v, tokens == llm.pad_token_id, args[0].scale_value)
-    keys, values = np.concatenate([kp, k], 2), np.concatenate([vp, v], 2)
-    error = max(relative_error(attention.flash_attention_score(q, keys, values, mask, a, corner), expected)
-                for a in args for corner in attention.CORNERS)
+    error = max(max(attention.band_errors(llama, tokens, soft.prefix_len, llm.pad_token_id, a,
+                                          cfg.runtime.seed).values()) for a in args)
     check = compare("prefix_attention", error, 1e-9, "flash-attention arguments and mask through a NumPy model "
                     f"of FlashAttentionScore vs ordinary prefix attention ({len(args)} layers, next_tokens "
                     f"{sorted({a.next_tokens for a in args})})")
