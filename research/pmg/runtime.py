@@ -171,10 +171,6 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         # MindSpore would fail deep in set_device with a multi-line C++ trace
         raise ConfigError("runtime.device=Ascend: no Ascend device here (this MindSpore build has no Ascend "
                           "backend, or no NPU is visible); use auto or CPU")
-    if device == "CPU":
-        # Checked before anything touches MindSpore, so a bad combination costs no device setup.
-        resolve_precision(cfg.precision, device)
-        resolve_flash_attention(cfg.flash_attention, device)
     device_id = requested_device_id(cfg)
     ms.set_device(device, device_id)
     chip = detect_chip(device)
