@@ -25,6 +25,7 @@ from research.pmg.plan import llama
 from research.pmg.plan.arch import clip_arch, diffusion_archs
 from research.pmg.plan.clip import clip_model_params, text_tally, vision_tally
 from research.pmg.plan.unet import unet_tally, vae_params, vae_tally
+from research.pmg.runtime import resolve_flash_attention, resolve_precision
 
 GB = 2 ** 30  # "GB" in the plan is GiB: NPU memory is sized in powers of two (a 64 GB 910B has 64 GiB)
 TRAINABLE_BYTES = 4 + 4 + 8  # fp32 weight, fp32 gradient, AdamW's two fp32 moments
@@ -33,20 +34,20 @@ ACCUM_BYTES = 4  # fp32 gradient accumulation buffer (grad_accum_steps > 1)
 
 @dataclass(frozen=True)
 class Chip:
-    """An Ascend NPU as the plan sees it: dense 16-bit peak, its 16-bit type, card memory sizes, flash attention."""
+    """An Ascend NPU as the plan sees it: dense 16-bit peak and card memory sizes. What precision and flash
+    attention it gets is the runtime's rule for its MindSpore chip name (research.pmg.runtime.CHIPS)."""
 
     name: str
     peak_tflops: float
-    half: str  # the precision runtime.precision "auto" picks on it
+    soc: str  # MindSpore's name for it (MSContext.get_ascend_soc_version)
     memory_gb: tuple[int, ...]
-    flash: bool  # runtime.flash_attention "auto" turns fused flash attention on
 
 
 CHIPS = {
     # 910B: bf16 dense peak ~313 TFLOPS (910B3 class; other bins 280-376), 64 GB HBM, and 32 GB variants.
-    "910B": Chip("Ascend 910B", 313.0, "bf16", (32, 64), True),
-    # 910A: fp16 dense peak ~256 TFLOPS, 32 GB HBM, no bf16 and no fused flash attention.
-    "910A": Chip("Ascend 910A", 256.0, "fp16", (32,), False),
+    "910B": Chip("Ascend 910B", 313.0, "ascend910b", (32, 64)),
+    # 910A: fp16 dense peak ~256 TFLOPS (it has no bf16 and no fused flash attention), 32 GB HBM.
+    "910A": Chip("Ascend 910A", 256.0, "ascend910", (32,)),
 }
 
 
@@ -134,9 +135,10 @@ def make_plan(cfg: PMGConfig, assumptions: Assumptions) -> Plan:
 def _make_plan(cfg: PMGConfig, assumptions: Assumptions) -> Plan:
     a = assumptions
     rt, llm, soft = cfg.runtime, cfg.models.llm, cfg.models.soft_preference
-    precision = rt.precision if rt.precision != "auto" else ("fp32" if rt.device == "CPU" else a.chip.half)
+    device = "CPU" if rt.device == "CPU" else "Ascend"  # auto: the plan is for the chip it was asked about
+    precision = resolve_precision(rt.precision, device, a.chip.soc)
     nbytes = 4 if precision == "fp32" else 2
-    flash = {"on": True, "off": False}.get(rt.flash_attention, a.chip.flash and rt.device != "CPU")
+    flash = resolve_flash_attention(rt.flash_attention, device, a.chip.soc)
     notes = []
 
     sd = diffusion_archs(cfg.models.diffusion, cfg.source)
