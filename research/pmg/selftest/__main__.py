@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:  # msrun runs this file as a script
     sys.path.insert(0, str(REPO))
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
+from research.pmg.data.records import write_atomic  # noqa: E402
 from research.pmg.errors import PMGError  # noqa: E402
 
 DEFAULT_CONFIG = str(REPO / "configs" / "selftest.yaml")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_reference:
         if runtime.device != "CPU" or runtime.precision != "fp32":
             raise PMGError("--write-reference: references are measured on CPU in fp32 (set runtime.device=CPU)")
-        reference_path.write_text(json.dumps({"config": Path(cfg.source).name, **measured}) + "\n", encoding="utf-8")
+        write_atomic(reference_path, json.dumps({"config": Path(cfg.source).name, **measured}) + "\n")
         print(f"wrote {reference_path}")
         return 0
     emit(ck.reference_checks(measured, ck.load_reference(reference_path), runtime.precision))
@@ -94,8 +95,7 @@ def worker(cfg, runtime, out: Path) -> int:
     losses = ck.train(models, batch, ck.DP_STEPS, rows)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"rank-{runtime.rank}.json"
-    target.with_suffix(".tmp").write_text(json.dumps(ck.worker_record(models, losses)), encoding="utf-8")
-    os.replace(target.with_suffix(".tmp"), target)
+    write_atomic(target, json.dumps(ck.worker_record(models, losses)))
     return 0
 
 
