@@ -31,7 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from research.pmg.data.config import DataConfig  # noqa: E402
+from research.pmg.config.data import DataConfig  # noqa: E402
 from research.pmg.data.movielens import GENRES_100K  # noqa: E402
 from research.pmg.data.prepare import prepare  # noqa: E402
 

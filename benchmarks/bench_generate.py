@@ -54,7 +54,7 @@ def run(tmp: Path, args) -> None:
     from research.pmg.generate.conditioning import candidate_contexts, unconditional_context
     from research.pmg.generate.pipeline import GenerationPipeline, to_uint8
     from research.pmg.generate.run import generation_scheduler
-    from research.pmg.generate.config import GenerateConfig
+    from research.pmg.config.generate import GenerateConfig
     from research.pmg.generate.scorer import ClipScorer, clip_image_processor
     from research.pmg.models import build_clip_parts, build_diffusion_parts, resolve_tokenizers
     from research.pmg.models.clip import build_clip

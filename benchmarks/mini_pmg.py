@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from research.pmg.data.records import write_atomic  # noqa: E402
+from research.pmg.files import write_atomic  # noqa: E402
 from research.pmg.mini.acceptance import verdicts  # noqa: E402
 
 START, END = "<!-- pmg-mini:start -->", "<!-- pmg-mini:end -->"

@@ -1,6 +1,6 @@
 """LPIPS: torchvision VGG16/AlexNet backbone weights + the ``lpips`` package's v0.1 heads -> one MindSpore ``.ckpt``.
 
-The output holds exactly the parameters of :class:`research.pmg.evaluate.lpips.LPIPS` (taken from the model
+The output holds exactly the parameters of :class:`research.pmg.models.lpips.LPIPS` (taken from the model
 itself), under its names, which are the reference package's: ``net.slice{k}.<i>.weight|bias`` for
 torchvision's ``features.<i>`` convolutions and ``lin{k}.model.1.weight`` for the heads. Accepted inputs:
 
@@ -33,7 +33,7 @@ def lpips_spec(net: str) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of the MindSpore LPIPS model for ``net``, built without allocating weights."""
     from mindspore.nn.utils import no_init_parameters
 
-    from research.pmg.evaluate.lpips import LPIPS
+    from research.pmg.models.lpips import LPIPS
 
     with no_init_parameters():
         model = LPIPS(net)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.pmg.data.config import DataConfig
+from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
 from tests.bad_input_helpers import assert_one_error_line
 from tests.tiny_models import REPO, TINY_CONFIG

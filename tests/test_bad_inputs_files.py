@@ -29,11 +29,11 @@ from PIL import Image
 from skimage.color import rgba2rgb
 from skimage.util import img_as_ubyte
 
-from research.pmg.data.config import DataConfig, bundled_raw
+from research.pmg.config.data import DataConfig, bundled_raw
 from research.pmg.data.images import PickleImages, check_image
 from research.pmg.data.prepare import prepare
 from research.pmg.errors import PMGError
-from research.pmg.evaluate.images import load_fitted, load_rgb
+from research.pmg.images import load_fitted, load_rgb
 from tests.bad_input_helpers import assert_one_error_line
 from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
 
@@ -354,7 +354,7 @@ def test_pretrained_weights_are_checked_before_and_after_loading(tmp_path):
 
 
 def test_truncated_lpips_weights_are_refused(tmp_path):
-    from research.pmg.evaluate.lpips import LPIPS, load_lpips
+    from research.pmg.models.lpips import LPIPS, load_lpips
     from research.pmg.models.weights import CheckpointError, save_checkpoint_of
 
     path = tmp_path / "lpips_alex.ckpt"
@@ -435,7 +435,7 @@ def test_markdown_escaper_round_trips_through_the_reference_reading():
 
 def test_users_table_escapes_titles_ids_and_keywords():
     """Defect 16, as filed: HTML and ``|`` in a title broke the users table of report.md."""
-    from research.pmg.data.records import Item, Sample
+    from research.pmg.records.samples import Item, Sample
     from research.pmg.pipeline.users import UserRow, markdown
 
     items = {i: Item(id=i, title=f"{TITLE} {i}") for i in ("1", "2", "3")}
@@ -452,7 +452,7 @@ def test_users_table_escapes_titles_ids_and_keywords():
 
 
 def test_pipeline_report_escapes_paths_and_model_ids(tmp_path):
-    from research.pmg.keywords.records import summary_path
+    from research.pmg.records.keywords import summary_path
     from research.pmg.pipeline.report import render
     from research.pmg.pipeline.stages import Paths
 

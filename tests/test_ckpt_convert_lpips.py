@@ -16,7 +16,7 @@ import mindspore as ms
 from ckpt_convert import ConversionError, lpips
 from ckpt_convert.__main__ import main
 from research.pmg.cli import USER_ERROR_EXIT, run
-from research.pmg.evaluate.lpips import CHANNELS, LPIPS
+from research.pmg.models.lpips import CHANNELS, LPIPS
 from research.pmg.models.weights import load_checkpoint_into
 from tests.test_evaluate_lpips import TORCHVISION_CONVS
 from tests.tiny_models import REPO

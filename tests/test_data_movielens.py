@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from research.pmg.data.movielens import split_title
-from research.pmg.data.report import DataError
+from research.pmg.errors import DataError
 from tests.data_fixtures import issues, items, run, samples, write_images, write_text
 
 MOVIES_CSV = """\
@@ -123,7 +123,7 @@ def test_ml_100k_fixture(tmp_path):
 
 
 def test_bundled_sample_both_formats_agree_and_histories_are_strictly_earlier(tmp_path):
-    from research.pmg.data.config import SAMPLE_ROOT
+    from research.pmg.config.data import SAMPLE_ROOT
 
     run("movielens", SAMPLE_ROOT / "movielens", tmp_path / "latest")
     run("movielens", SAMPLE_ROOT / "movielens-100k", tmp_path / "100k")

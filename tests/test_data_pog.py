@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from research.pmg.data.report import DataError
+from research.pmg.errors import DataError
 from research.pmg.data.sampling import hashed_split
 from tests.data_fixtures import issues, items, run, samples, tree_bytes, write_images, write_text
 

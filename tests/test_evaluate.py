@@ -11,7 +11,7 @@ from PIL import Image
 from research.pmg.cli import USER_ERROR_EXIT, run
 from research.pmg.config import ConfigError
 from research.pmg.errors import PMGError
-from research.pmg.evaluate.config import EvaluateConfig, MethodConfig
+from research.pmg.config.evaluate import EvaluateConfig, MethodConfig
 from research.pmg.evaluate.methods import MethodPlan, plan_methods, run_method
 from tests.tiny_models import TINY_CONFIG, tiny_config
 
@@ -23,10 +23,10 @@ FAST = dict(image_size=64, bootstrap_samples=500, permutations=2000, batch_size=
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, runtime):
     """The bundled sticker sample prepared, keywords from titles, two methods' images and LPIPS weights."""
-    from research.pmg.data.config import DataConfig
+    from research.pmg.config.data import DataConfig
     from research.pmg.data.prepare import prepare
-    from research.pmg.data.records import load_prepared
-    from research.pmg.evaluate.lpips import LPIPS
+    from research.pmg.records.samples import load_prepared
+    from research.pmg.models.lpips import LPIPS
     from research.pmg.models.weights import save_checkpoint_of
     from research.pmg.runtime import seed_everything
 
@@ -75,10 +75,10 @@ def referenced_files(page: str) -> list[str]:
 
 
 def test_scores_rank_methods_and_the_report_renders(world, clip_embedder, runtime):
-    from research.pmg.evaluate.lpips import load_lpips
+    from research.pmg.models.lpips import load_lpips
     from research.pmg.evaluate.methods import read_images
     from research.pmg.evaluate.run import evaluate
-    from research.pmg.keywords.records import load_keywords
+    from research.pmg.records.keywords import load_keywords
 
     root, data = world
     ecfg = EvaluateConfig(lpips_weights=str(root / "lpips_alex.ckpt"), **FAST)
@@ -147,7 +147,7 @@ def test_cli_runs_and_refuses_bad_input_without_writing(world, capsys):
     weights = ["--lpips-weights", str(root / "lpips_alex.ckpt")]
     out = root / "evaluate"
     vgg = root / "lpips_vgg.ckpt"
-    from research.pmg.evaluate.lpips import LPIPS
+    from research.pmg.models.lpips import LPIPS
     from research.pmg.models.weights import save_checkpoint_of
 
     save_checkpoint_of(LPIPS("vgg"), vgg)

@@ -23,7 +23,7 @@ from torch import nn
 
 import mindspore as ms
 
-from research.pmg.evaluate import images as im
+from research.pmg import images as im
 
 # torchvision's parameter layout of vgg16().features / alexnet().features: (index, weight shape).
 TORCHVISION_CONVS = {
@@ -117,7 +117,7 @@ def test_lpips_equals_reference_package(net, lpips_package, real_pairs, tmp_path
     from safetensors.torch import save_file
 
     from ckpt_convert import lpips as convert_lpips
-    from research.pmg.evaluate.lpips import load_lpips
+    from research.pmg.models.lpips import load_lpips
 
     torch.manual_seed(0)
     reference = lpips.LPIPS(net=net, version="0.1", pnet_rand=True, verbose=False).eval()
@@ -175,7 +175,7 @@ def test_lpips_equals_reference_package(net, lpips_package, real_pairs, tmp_path
 
 def test_lpips_cell_names_match_the_package_state_dict(lpips_package):
     lpips, _ = lpips_package
-    from research.pmg.evaluate.lpips import LPIPS
+    from research.pmg.models.lpips import LPIPS
 
     for net in ("alex", "vgg"):
         reference = lpips.LPIPS(net=net, pnet_rand=True, pretrained=False, verbose=False)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from research.pmg.config import load_config
-from research.pmg.evaluate.config import EvaluateConfig
+from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.evaluate.methods import plan_methods, read_images
 from tests.tiny_models import REPO, TINY_CONFIG
 
@@ -71,9 +71,9 @@ def _pixels(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory):
     """The main run: prepared sticker sample, metadata keywords, 2 training steps, PMG images of 1 test sample."""
-    from research.pmg.data.config import DataConfig
+    from research.pmg.config.data import DataConfig
     from research.pmg.data.prepare import prepare
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
 
     root = tmp_path_factory.mktemp("methods")
     run = root / "run"

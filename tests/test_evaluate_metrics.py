@@ -8,8 +8,8 @@ from skimage import data as photos
 from skimage.metrics import structural_similarity
 
 from research.pmg.config import ConfigError
-from research.pmg.evaluate import images as im
-from research.pmg.evaluate.config import EvaluateConfig, MethodConfig, sweep_methods
+from research.pmg import images as im
+from research.pmg.config.evaluate import EvaluateConfig, MethodConfig, sweep_methods
 from research.pmg.evaluate.methods import MethodImagesError, read_images
 from research.pmg.evaluate.ssim import SETTINGS, SSIMSettings, ssim
 from research.pmg.evaluate.stats import bootstrap_ci, paired_comparison, sign_flip_p_value

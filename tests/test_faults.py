@@ -133,7 +133,8 @@ def test_damaged_keyword_cache_line_is_asked_again(tmp_path):
 
 
 def test_damaged_training_cache_is_rebuilt(tmp_path, capsys):
-    from research.pmg.train.dataset import Example, build_arrays
+    from research.pmg.examples import Example
+    from research.pmg.train.dataset import build_arrays
 
     image = tmp_path / "x.png"
     image.write_bytes(b"png")

@@ -16,7 +16,7 @@ from research.pmg.cli import USER_ERROR_EXIT, run
 from research.pmg.config import ConfigError
 from research.pmg.generate import outputs
 from research.pmg.generate.conditioning import candidate_contexts, repeated, unconditional_context
-from research.pmg.generate.config import GenerateConfig
+from research.pmg.config.generate import GenerateConfig
 from research.pmg.generate.pipeline import GenerationPipeline, call_groups, to_uint8
 from research.pmg.generate.run import GenerationModels, build_models, generate, generation_scheduler
 from research.pmg.generate.scorer import ClipScorer, clip_image_processor
@@ -283,9 +283,9 @@ def test_clip_scorer_matches_transformers(tmp_path, runtime, tiny_tokenizers):
 @pytest.fixture(scope="module")
 def stage_inputs(tmp_path_factory, runtime):
     """The bundled sticker sample, prepared, with keywords made from item titles (standing in for the LLM)."""
-    from research.pmg.data.config import DataConfig
+    from research.pmg.config.data import DataConfig
     from research.pmg.data.prepare import prepare
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
 
     root = tmp_path_factory.mktemp("generate-inputs")
     prepare("stickers", DataConfig(), output_dir=str(root), progress=False)
@@ -450,7 +450,7 @@ def write_soft_checkpoint(cfg, folder: Path, seed: int, drop: str = "") -> Path:
 
 
 def test_soft_preference_checkpoint_loads_strictly_and_conditions(tmp_path, gen_cfg, runtime, stage_inputs, models):
-    from research.pmg.generate.run import load_soft_checkpoint, resolve_soft_checkpoint
+    from research.pmg.models.soft_preference import load_soft_checkpoint, resolve_soft_checkpoint
     from research.pmg.models.weights import CheckpointError
     from research.pmg.errors import PMGError
 
@@ -470,7 +470,7 @@ def test_soft_preference_checkpoint_loads_strictly_and_conditions(tmp_path, gen_
         np.testing.assert_array_equal(params[name].asnumpy(), value.asnumpy())
     assert isinstance(built.pipeline.scheduler, type(models.pipeline.scheduler)) and built.pipeline.steps == STEPS
 
-    from research.pmg.train.dataset import render_history_prompt
+    from research.pmg.examples import render_history_prompt
 
     prompt = render_history_prompt(["snowman", "grinning cat face"])
     e_m = soft(prompt)

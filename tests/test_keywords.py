@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.pmg.data.config import DataConfig
+from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
-from research.pmg.data.records import load_prepared
+from research.pmg.records.samples import load_prepared
 from research.pmg.keywords import KeywordsConfig, KeywordsFileError, load_keywords
 from research.pmg.keywords.cache import AnswerCache, CacheError
 from research.pmg.keywords.extract import (Extractor, extract_keywords, merge_parts, select_samples, shard,
                                            write_part)
 from research.pmg.keywords.prompts import load_templates, resolve_templates
-from research.pmg.keywords.records import summary_path
+from research.pmg.records.keywords import summary_path
 from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
 
 SEQ_LENGTH = 512  # the tiny tokenizer needs about 430 tokens for a sticker prompt

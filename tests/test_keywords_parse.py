@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from research.pmg.data.records import Item, Sample
+from research.pmg.records.samples import Item, Sample
 from research.pmg.keywords.merge import merge_ranked, normalise_keyword, pick_integrated
 from research.pmg.keywords.parse import parse_keywords
 from research.pmg.keywords.prompts import (CHAT_FORMATS, PromptBuilder, PromptError, chat_prompt, clean_text,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from research.pmg.config import ConfigError, LlamaConfig, RuntimeConfig
-from research.pmg.data.records import Item, Sample
+from research.pmg.records.samples import Item, Sample
 from research.pmg.keywords import KeywordsConfig, parse_keywords
 from research.pmg.mini import llm_data
 from research.pmg.mini.llm_config import MiniLLMConfig, MiniTrainConfig, load_mini_llm_config

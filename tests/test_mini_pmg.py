@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from research.pmg.data.config import DataConfig
+from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
-from research.pmg.data.records import load_prepared
-from research.pmg.evaluate.images import load_rgb
+from research.pmg.records.samples import load_prepared
+from research.pmg.images import load_rgb
 from research.pmg.mini.acceptance import ACCURACY, MAX_TARGET_DROP, verdicts
 from research.pmg.pipeline import users
 from tests.tiny_models import REPO

@@ -41,9 +41,9 @@ def test_left_padding_keeps_bos_and_most_recent_tokens():
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, runtime):
-    from research.pmg.data.config import DataConfig
+    from research.pmg.config.data import DataConfig
     from research.pmg.data.prepare import prepare
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
 
     out = tmp_path_factory.mktemp("train-data")
     prepare("stickers", DataConfig(), output_dir=str(out), progress=False)

@@ -50,3 +50,17 @@ def error_line(exc: BaseException | str) -> str:
     """``error: <message>`` on one bounded line, whatever the exception text held (newlines, YAML snippets)."""
     text = exc if isinstance(exc, str) else describe(exc)
     return "error: " + clip(" ".join(text[:16 * MAX_MESSAGE_CHARS].split()))
+
+
+class ConfigError(PMGError, ValueError):
+    """A configuration file or override is invalid; the message names the source and the field.
+
+    The message is one line of bounded length, whatever the file held.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(clip(" ".join(message[:4 * MAX_MESSAGE_CHARS].split())))
+
+
+class DataError(PMGError, ValueError):
+    """Unusable input data. The message starts with ``file:line:`` (or ``file:``) and fits on one line."""

@@ -1,5 +1,5 @@
 """Every image mode read one way, as 8-bit RGB: the rule the data stage's check of raw images
-(:mod:`research.pmg.data.images`) and every later stage's reader (:mod:`research.pmg.evaluate.images`) share.
+(:mod:`research.pmg.data.images`) and every later stage's reader (:mod:`research.pmg.images`) share.
 
 - 8-bit grey and colour (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``HSV``): Pillow's conversion to RGB
   (CMYK: R = (255 - C)(255 - K) / 255, rounded);

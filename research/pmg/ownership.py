@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from research.pmg.data.records import staged_dir, write_atomic
+from research.pmg.files import staged_dir, write_atomic
 from research.pmg.errors import PMGError
 
 MARKER = ".pmg-owned"
@@ -108,7 +108,7 @@ def claim(folder: str | os.PathLike, stage: str, *, lock: bool = True) -> Iterat
 
 @contextlib.contextmanager
 def staged(out: str | os.PathLike, stage: str) -> Iterator[Path]:
-    """:func:`~research.pmg.data.records.staged_dir` for ``stage``'s folder ``out``, under its lock: ``out`` and the
+    """:func:`~research.pmg.records.samples.staged_dir` for ``stage``'s folder ``out``, under its lock: ``out`` and the
     scratch folders beside it (``.partial``, ``.old``) are checked first, the new folder carries the marker."""
     out = Path(out)
     check(out, stage)

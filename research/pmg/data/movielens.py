@@ -24,10 +24,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from research.pmg.data.config import DataConfig
+from research.pmg.config.data import DataConfig
 from research.pmg.data.images import open_images, verify_images
 from research.pmg.data.lines import read_lines, split_csv
-from research.pmg.data.records import ID_PATTERN, Item
+from research.pmg.records.samples import ID_PATTERN, Item
 from research.pmg.data.report import Report, fatal
 from research.pmg.data.sampling import Event, ReadResult, chronological_samples
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from research.pmg.data.config import DataConfig
+from research.pmg.config.data import DataConfig
 from research.pmg.data.images import open_images, verify_images
 from research.pmg.data.lines import read_lines
-from research.pmg.data.records import ID_PATTERN, Item, Sample
+from research.pmg.records.samples import ID_PATTERN, Item, Sample
 from research.pmg.data.report import Report
 from research.pmg.data.sampling import ReadResult, hashed_split, recent_distinct
 

@@ -1,4 +1,4 @@
-"""The prepare stage: a scenario's raw files -> one prepared dataset folder (see :mod:`research.pmg.data.records`).
+"""The prepare stage: a scenario's raw files -> one prepared dataset folder (see :mod:`research.pmg.records.samples`).
 
     python -m research.pmg.data.prepare --scenario movielens --raw data/ml-latest-small --images data/posters \\
         --out output/movielens/data
@@ -24,12 +24,14 @@ from tqdm import tqdm
 from research.pmg import ownership
 from research.pmg.cli import USER_ERROR_EXIT, ArgumentParser
 from research.pmg.config import ConfigError, load_config
-from research.pmg.data.config import SCENARIOS, DataConfig, bundled_raw
+from research.pmg.config.data import SCENARIOS, DataConfig, bundled_raw
 from research.pmg.data.movielens import read_movielens
 from research.pmg.data.pog import read_pog
-from research.pmg.data.records import (FORMAT_VERSION, IMAGES_DIR, ISSUES_FILE, ITEMS_FILE, SAMPLES_FILE, SPLITS,
-                                       SUMMARY_FILE, Item, id_sort_key, to_jsonl, write_atomic, write_synced)
-from research.pmg.data.report import DataError, Report
+from research.pmg.records.samples import (FORMAT_VERSION, IMAGES_DIR, ISSUES_FILE, ITEMS_FILE, SAMPLES_FILE, SPLITS,
+                                          SUMMARY_FILE, Item, id_sort_key)
+from research.pmg.files import to_jsonl, write_atomic, write_synced
+from research.pmg.errors import DataError
+from research.pmg.data.report import Report
 from research.pmg.data.sampling import ReadResult
 from research.pmg.data.stickers import read_stickers
 from research.pmg.errors import PMGError, error_line

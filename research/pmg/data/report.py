@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from research.pmg.errors import PMGError
+from research.pmg.errors import DataError
 
 ISSUE_KINDS = ("malformed_row", "unknown_id", "duplicate_id", "missing_image", "unreadable_image",
                "empty_history")
-
-
-class DataError(PMGError, ValueError):
-    """Unusable input data. The message starts with ``file:line:`` (or ``file:``) and fits on one line."""
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from research.pmg.data.config import SAMPLE_ROOT
+from research.pmg.config.data import SAMPLE_ROOT
 from research.pmg.data.movielens import GENRES_100K
-from research.pmg.data.records import staged_dir, write_atomic, write_synced
-from research.pmg.data.report import DataError
+from research.pmg.files import staged_dir, write_atomic, write_synced
+from research.pmg.errors import DataError
 from research.pmg.errors import error_line
 from research.pmg.data.sticker_set import build_sticker_set
 

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 
 from research.pmg.data.images import ImageRef
-from research.pmg.data.records import Item, Sample
+from research.pmg.records.samples import Item, Sample
 from research.pmg.data.report import Report
 
 

@@ -27,10 +27,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from research.pmg.data.config import DataConfig
+from research.pmg.config.data import DataConfig
 from research.pmg.data.images import open_images, verify_images
 from research.pmg.data.lines import read_lines
-from research.pmg.data.records import ID_PATTERN, Item
+from research.pmg.records.samples import ID_PATTERN, Item
 from research.pmg.data.report import Report
 from research.pmg.data.sampling import Event, ReadResult, chronological_samples
 

@@ -1,13 +1,11 @@
 """Stage 5 of PMG: score generated images against the user's history and the target (paper section 1.4).
 
 Run it with ``python -m research.pmg.evaluate`` (or ``scripts/run_eval.sh``); README.md here gives the
-metrics' exact settings. Importing this package imports only its settings (``research.pmg.config`` builds
-its ``evaluate:`` section from them); the rest of the public API below loads on first use, and MindSpore
-only with the LPIPS model (:mod:`.lpips`) or the CLIP embedder (:mod:`.clip_metrics`).
+metrics' exact settings (the ``evaluate:`` section itself is research.pmg.config.evaluate). The public API
+below loads on first use, and MindSpore only with the LPIPS model (research.pmg.models.lpips) or the CLIP
+embedder (:mod:`.clip_metrics`).
 """
 from importlib import import_module
-
-from research.pmg.evaluate.config import EvaluateConfig, MethodConfig
 
 _LAZY = {
     "evaluate": "run", "METRICS": "scoring", "ssim": "ssim", "SSIMSettings": "ssim", "bootstrap_ci": "stats",
@@ -15,7 +13,7 @@ _LAZY = {
     "read_manifest": "methods",
 }
 
-__all__ = ["EvaluateConfig", "MethodConfig", *_LAZY]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
 from research.pmg.errors import PMGError
-from research.pmg.evaluate.config import METRICS, SPLITS, EvaluateConfig, MethodConfig
+from research.pmg.config.evaluate import METRICS, SPLITS, EvaluateConfig, MethodConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     from research.pmg.runtime import setup_runtime
 
     runtime = setup_runtime(cfg.runtime)
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
     from research.pmg.evaluate.run import evaluate
 
     data = load_prepared(Path(ecfg.data or cfg.data.out or output_dir / "data"))
     method_images = {plan.name: read_images(plan.images) for plan in plans}
     keywords = lpips_model = embedder = None
     if "clip" in ecfg.metrics:
-        from research.pmg.keywords.records import load_keywords
+        from research.pmg.records.keywords import load_keywords
 
         keywords = load_keywords(Path(ecfg.keywords or cfg.train.keywords or output_dir / "keywords"))
         from research.pmg.evaluate.clip_metrics import ClipEmbedder
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = build_clip_parts(cfg, runtime, resolve_tokenizers(cfg, runtime))
         embedder = ClipEmbedder(parts, batch_size=ecfg.batch_size, model_path=cfg.models.clip.path)
     if "lpips" in ecfg.metrics:
-        from research.pmg.evaluate.lpips import convert_missing_weights, load_lpips
+        from research.pmg.evaluate.lpips_weights import convert_missing_weights
+        from research.pmg.models.lpips import load_lpips
 
         if convert_missing_weights(ecfg.lpips_net, ecfg.lpips_weights, ecfg.lpips_source):
             print(f"evaluate: converted the {ecfg.lpips_source} LPIPS weights ({ecfg.lpips_net}) to {ecfg.lpips_weights}")

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from research.pmg import ownership
-from research.pmg.data.records import write_atomic
+from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
-from research.pmg.evaluate.config import EvaluateConfig
+from research.pmg.config.evaluate import EvaluateConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST = Path("generate") / "manifest.jsonl"

@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from research.pmg.data.records import write_synced
-from research.pmg.evaluate import images as im
+from research.pmg.files import write_synced
+from research.pmg import images as im
 from research.pmg.evaluate.scoring import Metric
 from research.pmg.evaluate.stats import Interval, PairedResult
 from research.pmg.textsafe import html, md

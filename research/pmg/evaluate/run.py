@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from research.pmg import ownership
-from research.pmg.data.records import PreparedData, Sample, write_synced
+from research.pmg.records.samples import PreparedData, Sample
+from research.pmg.files import write_synced
 from research.pmg.errors import PMGError
 from research.pmg.evaluate import report
-from research.pmg.evaluate.config import EvaluateConfig
-from research.pmg.evaluate.images import RESAMPLE_NAME
+from research.pmg.config.evaluate import EvaluateConfig
+from research.pmg.images import RESAMPLE_NAME
 from research.pmg.evaluate.scoring import PairScorer, clip_references, metrics_for, score_method
 from research.pmg.evaluate.ssim import SSIMSettings
 from research.pmg.evaluate.stats import bootstrap_ci, paired_comparison
@@ -56,7 +57,7 @@ def evaluate(ecfg: EvaluateConfig, *, data: PreparedData, method_images: Mapping
              run_config: dict | None = None, progress: bool = True) -> dict[str, Any]:
     """Score ``method_images`` ({method: {sample id: image}}) on the selected samples and write the report.
 
-    ``lpips_model`` (an :class:`~research.pmg.evaluate.lpips.LPIPS`) and ``clip_embedder`` (a
+    ``lpips_model`` (an :class:`~research.pmg.models.lpips.LPIPS`) and ``clip_embedder`` (a
     :class:`~research.pmg.evaluate.clip_metrics.ClipEmbedder`) are needed when ``ecfg.metrics`` name
     them; ``keywords`` ({sample id: record with preference_keywords/target_keywords}) feeds the CLIP text
     scores. ``sources`` ({method: where its images came from}) and ``run_config`` are recorded. Returns the

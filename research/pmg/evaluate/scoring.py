@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from research.pmg.data.records import PreparedData, Sample
-from research.pmg.evaluate import images as im
+from research.pmg.records.samples import PreparedData, Sample
+from research.pmg import images as im
 from research.pmg.evaluate.ssim import SSIMSettings, ssim
 
 

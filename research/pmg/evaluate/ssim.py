@@ -10,7 +10,7 @@ it (the tests check 1e-6 on real photos; the arithmetic is the same, so in pract
 - SSIM per RGB channel, averaged; the map is averaged without the 5-pixel border the window cannot cover.
 
 Different SSIM settings move scores by as much as the gaps between methods, so :data:`SETTINGS` is written
-next to every result. Both images of a pair must have the same size (see :mod:`research.pmg.evaluate.images`).
+next to every result. Both images of a pair must have the same size (see :mod:`research.pmg.images`).
 """
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ realisations), :mod:`.scorer` (CLIP d_p, d_t), :mod:`.select` (z and the choice,
 (manifest, images, contact sheets) and :mod:`.run` (orchestration and resume). Importing this package does
 not import MindSpore.
 """
-from research.pmg.generate.config import GenerateConfig
 from research.pmg.generate.select import COSINE_FLOOR, Selection, balance_score, cosine_similarity, select
 
-__all__ = ["COSINE_FLOOR", "GenerateConfig", "Selection", "balance_score", "cosine_similarity", "select"]
+__all__ = ["COSINE_FLOOR", "Selection", "balance_score", "cosine_similarity", "select"]

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # started as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
-from research.pmg.generate.config import SPLITS, GenerateConfig  # noqa: E402
+from research.pmg.config.generate import SPLITS, GenerateConfig  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

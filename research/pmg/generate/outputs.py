@@ -28,7 +28,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
-from research.pmg.data.records import write_atomic
+from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
 
 MANIFEST_FILE, SETTINGS_FILE, SUMMARY_FILE = "manifest.jsonl", "settings.json", "summary.json"
@@ -152,11 +152,11 @@ def save_png(path: Path, image: np.ndarray | Image.Image) -> None:
 def contact_sheet(history: list[Image.Image], candidates: np.ndarray, chosen: int, labels: list[str]) -> Image.Image:
     """One row: the user's history images | every candidate (the chosen one framed) | the chosen image.
 
-    ``history`` are RGB images (:func:`research.pmg.evaluate.images.load_rgb`), ``candidates`` uint8
+    ``history`` are RGB images (:func:`research.pmg.images.load_rgb`), ``candidates`` uint8
     ``(n, H, W, 3)``; ``labels`` (one per candidate) are printed under them. Every image is framed as the
     evaluation frames it (centred square crop, bicubic) at :data:`SHEET_TILE` pixels.
     """
-    from research.pmg.evaluate.images import fit as fit_square
+    from research.pmg.images import fit as fit_square
 
     tile, step = SHEET_TILE, SHEET_TILE + _GAP
 

@@ -13,46 +13,24 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from research.pmg import ownership
 from research.pmg.config import PMGConfig
-from research.pmg.data.records import write_atomic
+from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
-from research.pmg.evaluate.images import load_rgb
+from research.pmg.images import load_rgb
 from research.pmg.generate import outputs
 from research.pmg.generate.conditioning import Encoder, candidate_contexts, unconditional_context
-from research.pmg.generate.config import GenerateConfig
+from research.pmg.config.generate import GenerateConfig
 from research.pmg.generate.pipeline import GenerationPipeline, call_groups, to_uint8
 from research.pmg.generate.scorer import ClipScorer
 from research.pmg.runtime import Runtime
 
-SOFT_FILE = "soft_preference.ckpt"  # what a training checkpoint folder holds for generation (train/checkpoint.py)
-
-
-@dataclass
-class SoftPreference:
-    """The trained bias-correction LLM: a history prompt -> E_m ``(L, ctx_dim)`` float32."""
-
-    encoder: Any  # research.pmg.models.soft_preference.SoftPreferenceEncoder, trained parameters loaded
-    tokenizer: Any  # the LLM's tokenizer
-    prompt_len: int
-    pad_id: int
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.encoder.num_mm_tokens)
-
-    def __call__(self, history_prompt: str) -> np.ndarray:
-        import mindspore as ms
-
-        from research.pmg.train.dataset import tokenize_prompts
-
-        ids = tokenize_prompts(self.tokenizer, [history_prompt], self.prompt_len, self.pad_id)
-        return self.encoder(ms.Tensor(ids)).asnumpy()[0].astype(np.float32)
-
+if TYPE_CHECKING:  # the soft preference loads MindFormers: imported only when a checkpoint is given
+    from research.pmg.models.soft_preference import SoftPreference
 
 @dataclass
 class GenerationModels:
@@ -73,51 +51,6 @@ class GenerateResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_soft_checkpoint(path: str | Path) -> Path:
-    """``soft_preference.ckpt`` from a file, a ``step-*`` folder, or a training output / checkpoints folder
-    (then the newest complete checkpoint)."""
-    from research.pmg.train.checkpoint import list_checkpoints
-
-    path = Path(path)
-    if path.is_file():
-        return path
-    if (path / SOFT_FILE).is_file():
-        return path / SOFT_FILE
-    for folder in (path / "checkpoints", path):
-        found = list_checkpoints(folder)
-        if found and (found[-1] / SOFT_FILE).is_file():
-            return found[-1] / SOFT_FILE
-    raise PMGError(f"generate.soft_checkpoint: {path}: no {SOFT_FILE} there (give the file, a step-* folder or "
-                   "the training output folder)")
-
-
-def load_soft_checkpoint(encoder, checkpoint: Path) -> None:
-    """Load trained soft-preference parameters into ``encoder``: every trainable one must be in the file.
-
-    Training saves only the trainable parameters (train/checkpoint.py), so the frozen ones (the LLM, the
-    prefix encoder's fixed position ids) may be absent; anything unexpected or mis-shaped is an error.
-    """
-    from research.pmg.models.weights import load_checkpoint_into
-
-    frozen = tuple(name for name, param in encoder.parameters_and_names() if not param.requires_grad)
-    load_checkpoint_into(encoder, checkpoint, what="generate.soft_checkpoint", allow_missing=frozen)
-
-
-def build_soft_preference(cfg: PMGConfig, runtime: Runtime, tokenizers, ctx_dim: int,
-                          checkpoint: Path) -> SoftPreference:
-    """The frozen LLM with the trained prefix, tokens and map loaded strictly (see :func:`load_soft_checkpoint`)."""
-    from research.pmg.models import build_llm
-    from research.pmg.models.soft_preference import SoftPreferenceEncoder
-    from research.pmg.models.tokenizers import load_llama_tokenizer
-
-    llm, soft = cfg.models.llm, cfg.models.soft_preference
-    encoder = SoftPreferenceEncoder(build_llm(cfg, runtime, batch_size=1), llm, soft, ctx_dim, runtime.compute_dtype)
-    load_soft_checkpoint(encoder, checkpoint)
-    encoder.set_train(False)
-    return SoftPreference(encoder=encoder, tokenizer=load_llama_tokenizer(tokenizers.llm),
-                          prompt_len=llm.seq_length - soft.num_mm_tokens, pad_id=llm.pad_token_id)
-
-
 def generation_scheduler(cfg: PMGConfig, gcfg: GenerateConfig):
     """The sampling scheduler: ``gcfg.scheduler``'s class with the diffusion model's noise schedule."""
     from research.pmg.models.diffusion import build_scheduler
@@ -132,6 +65,7 @@ def build_models(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime) -> Gene
     from research.pmg.generate.scorer import clip_image_processor
     from research.pmg.models import build_clip_parts, build_diffusion_parts, resolve_tokenizers
     from research.pmg.models.conditioning import encode_texts
+    from research.pmg.models.soft_preference import build_soft_preference, resolve_soft_checkpoint
     from research.pmg.runtime import seed_everything
 
     # Random-init (tiny) models must come out as training built them: same seed, same order (SD, then LLM).
@@ -154,6 +88,8 @@ def build_models(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime) -> Gene
 
 def run_settings(cfg: PMGConfig, gcfg: GenerateConfig) -> dict[str, Any]:
     """What decides a sample's candidates and choice; a resumed run must have the same (see outputs)."""
+    from research.pmg.models.soft_preference import resolve_soft_checkpoint
+
     models = cfg.models
     return {
         "weight_sets": [[float(w) for w in pair] for pair in gcfg.weight_sets], "images_per_set": gcfg.images_per_set,
@@ -177,9 +113,9 @@ def generate(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime, *, data_dir
     ``models`` must come from ``gcfg`` (:func:`build_models`); when omitted they are built by ``build``
     (default :func:`build_models`), and only if some sample is left to generate.
     """
-    from research.pmg.data.records import load_prepared
-    from research.pmg.keywords.records import load_keywords
-    from research.pmg.train.build import examples_from
+    from research.pmg.records.samples import load_prepared
+    from research.pmg.records.keywords import load_keywords
+    from research.pmg.examples import examples_from
 
     ownership.check(out_dir, "generate")  # before anything loads: someone else's folder is refused at once
     prepared = load_prepared(data_dir)

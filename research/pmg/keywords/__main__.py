@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # started as a script (msrun runs a file, not a m
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
-from research.pmg.keywords.config import CHAT_FORMAT_NAMES, SPLITS, KeywordsConfig  # noqa: E402
+from research.pmg.config.keywords import CHAT_FORMAT_NAMES, SPLITS, KeywordsConfig  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from research.pmg import ownership
     from research.pmg.keywords.extract import extract_keywords
-    from research.pmg.keywords.records import summary_path
+    from research.pmg.records.keywords import summary_path
 
     rank, world = runtime.rank, runtime.world_size  # msrun workers: setup_runtime joined the job
     # Only a keywords file this stage wrote (its summary beside it) is replaced, and only a cache folder of this
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def show_prompts(cfg, kcfg: KeywordsConfig, runtime, data_dir: Path, n: int) -> int:
     """Print the rendered prompts of the first ``n`` selected samples (needs only the tokenizer)."""
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
     from research.pmg.keywords.engine import KeywordLLM
     from research.pmg.keywords.extract import select_samples
     from research.pmg.keywords.prompts import PromptBuilder, load_templates, resolve_templates

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from research.pmg.config import ConfigError, PMGConfig
-from research.pmg.keywords.config import KeywordsConfig
+from research.pmg.config.keywords import KeywordsConfig
 from research.pmg.keywords.prompts import PromptError
 from research.pmg.runtime import Runtime, seed_everything
 

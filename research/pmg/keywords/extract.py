@@ -22,13 +22,14 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from research.pmg.data.records import Item, PreparedData, Sample, to_jsonl, write_atomic
+from research.pmg.records.samples import Item, PreparedData, Sample
+from research.pmg.files import to_jsonl, write_atomic
 from research.pmg.keywords.cache import AnswerCache, cache_key
-from research.pmg.keywords.config import KeywordsConfig
+from research.pmg.config.keywords import KeywordsConfig
 from research.pmg.keywords.merge import merge_ranked, pick_integrated
 from research.pmg.keywords.parse import STATUSES, parse_keywords
 from research.pmg.keywords.prompts import Prompt, PromptBuilder, TemplateSet
-from research.pmg.keywords.records import FORMAT_VERSION, KeywordsFileError, summary_path
+from research.pmg.records.keywords import FORMAT_VERSION, KeywordsFileError, summary_path
 
 INTEGRATE_STATUSES = (*STATUSES, "off_list")
 
@@ -87,7 +88,7 @@ class Extractor:
         return {p: self.cache.get(keys[p]) for p in keys}
 
     def run(self, samples: Sequence[Sample], items: dict[str, Item]) -> list[dict[str, Any]]:
-        """One record per sample (schema in :mod:`research.pmg.keywords.records`), in ``samples`` order."""
+        """One record per sample (schema in :mod:`research.pmg.records.keywords`), in ``samples`` order."""
         self.stats.samples += len(samples)
         preference = {s.id: self.builder.preference(s, items) for s in samples}
         targets = {s.target: self.builder.target(items[s.target]) for s in samples}
@@ -165,7 +166,7 @@ def extract_keywords(cfg, kcfg: KeywordsConfig, runtime, *, data_dir: Path, out:
     ready :class:`~research.pmg.keywords.engine.KeywordLLM` for these settings (tests and benchmarks reuse
     one). With ``world > 1`` every worker must call this; rank 0 writes ``out`` once all parts are there.
     """
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
     from research.pmg.keywords.prompts import load_templates, resolve_templates
 
     templates = load_templates(resolve_templates(kcfg.templates, cfg.scenario))

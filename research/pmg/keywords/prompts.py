@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from research.pmg.data.records import Item, Sample
+from research.pmg.records.samples import Item, Sample
 from research.pmg.errors import PMGError
-from research.pmg.keywords.config import DEFAULT_TEMPLATES
+from research.pmg.config.keywords import DEFAULT_TEMPLATES
 
 PROMPTS_DIR = Path(__file__).resolve().parents[3] / "configs" / "prompts"
 

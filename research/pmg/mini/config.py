@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from research.pmg.config import (SEED_LIMIT, ConfigError, RuntimeConfig, SchedulerConfig, TrainConfig, _check,
-                                 _check_range, load_dataclass_config)
+from research.pmg.config import (SEED_LIMIT, ConfigError, RuntimeConfig, SchedulerConfig, TrainConfig, check,
+                                 check_range, load_dataclass_config)
 from research.pmg.data.sticker_set import THEMES
 from research.pmg.errors import short_repr
 
@@ -25,10 +25,10 @@ class StickerImagesConfig:
     themes: list[str] = field(default_factory=lambda: list(THEMES))
 
     def validate(self, where: str) -> None:
-        _check_range(self.image_size, 8, 8192, where, "image_size")
-        _check(bool(self.themes), where, "themes", "must name at least one theme")
+        check_range(self.image_size, 8, 8192, where, "image_size")
+        check(bool(self.themes), where, "themes", "must name at least one theme")
         for theme in self.themes:
-            _check(theme in THEMES, where, "themes", f"{short_repr(theme)} is not one of {list(THEMES)}")
+            check(theme in THEMES, where, "themes", f"{short_repr(theme)} is not one of {list(THEMES)}")
 
 
 @dataclass
@@ -47,10 +47,10 @@ class OptimConfig:
     log_every: int = 20
 
     def validate(self, where: str) -> None:
-        _check_range(self.batch_size, 2, 1 << 16, where, "batch_size")
-        _check_range(self.max_steps, 1, 10 ** 9, where, "max_steps")
-        _check_range(self.save_every, 1, 10 ** 9, where, "save_every")
-        _check_range(self.log_every, 1, 10 ** 9, where, "log_every")
+        check_range(self.batch_size, 2, 1 << 16, where, "batch_size")
+        check_range(self.max_steps, 1, 10 ** 9, where, "max_steps")
+        check_range(self.save_every, 1, 10 ** 9, where, "save_every")
+        check_range(self.log_every, 1, 10 ** 9, where, "log_every")
         self.as_train_config().validate(where)  # lr, weight decay, warm-up, clipping, keep_last
 
     def as_train_config(self) -> TrainConfig:
@@ -69,9 +69,9 @@ class MiniTokenizerConfig:
     caption_repeats: int = 4  # captions are repeated in the BPE corpus so caption words become whole tokens
 
     def validate(self, where: str) -> None:
-        _check(self.vocab_size >= 600, where, "vocab_size", "must be >= 600 (514 byte symbols + merges)")
-        _check_range(self.vocab_size, 600, 1 << 20, where, "vocab_size")
-        _check_range(self.caption_repeats, 1, 1000, where, "caption_repeats")
+        check(self.vocab_size >= 600, where, "vocab_size", "must be >= 600 (514 byte symbols + merges)")
+        check_range(self.vocab_size, 600, 1 << 20, where, "vocab_size")
+        check_range(self.caption_repeats, 1, 1000, where, "caption_repeats")
 
 
 @dataclass
@@ -89,10 +89,10 @@ class ClipModelConfig:
     vision_config: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        _check_range(self.projection_dim, 1, 1 << 16, where, "projection_dim")
-        _check(0.0 < self.logit_scale <= 4.6052, where, "logit_scale", "must be in (0, ln 100]")
+        check_range(self.projection_dim, 1, 1 << 16, where, "projection_dim")
+        check(0.0 < self.logit_scale <= 4.6052, where, "logit_scale", "must be in (0, ln 100]")
         for key in ("vocab_size", "bos_token_id", "eos_token_id"):
-            _check(key not in self.text_config, where, f"text_config.{key}", "is set from the tokenizer; remove it")
+            check(key not in self.text_config, where, f"text_config.{key}", "is set from the tokenizer; remove it")
 
 
 @dataclass
@@ -113,7 +113,7 @@ class MiniClipConfig:
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def validate(self, where: str) -> None:
-        _check(bool(self.export), where, "export", "must not be empty")
+        check(bool(self.export), where, "export", "must not be empty")
 
 
 @dataclass
@@ -122,7 +122,7 @@ class VaeTrainConfig(OptimConfig):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        _check(self.kl_weight >= 0, where, "kl_weight", "must be >= 0")
+        check(self.kl_weight >= 0, where, "kl_weight", "must be >= 0")
 
 
 @dataclass
@@ -134,10 +134,10 @@ class UnetTrainConfig(OptimConfig):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        _check(0.0 <= self.cond_dropout < 1.0, where, "cond_dropout", "must be in [0, 1)")
+        check(0.0 <= self.cond_dropout < 1.0, where, "cond_dropout", "must be in [0, 1)")
         from research.pmg.mini.sd_texts import VARIANTS
 
-        _check(bool(self.texts) and all(t in VARIANTS for t in self.texts) and len(set(self.texts)) == len(self.texts),
+        check(bool(self.texts) and all(t in VARIANTS for t in self.texts) and len(set(self.texts)) == len(self.texts),
                where, "texts", f"must be distinct names out of {list(VARIANTS)}")
 
 
@@ -152,11 +152,11 @@ class MiniEvalConfig:
     micro_batch: int = 49
 
     def validate(self, where: str) -> None:
-        _check_range(self.captions_per_theme, 1, 10_000, where, "captions_per_theme")
-        _check_range(self.steps, 1, 10_000, where, "steps")
-        _check(self.guidance >= 1.0, where, "guidance", "must be >= 1")
-        _check_range(self.micro_batch, 1, 1 << 16, where, "micro_batch")
-        _check(0 <= self.seed < SEED_LIMIT, where, "seed", "must be in [0, 2**32)")
+        check_range(self.captions_per_theme, 1, 10_000, where, "captions_per_theme")
+        check_range(self.steps, 1, 10_000, where, "steps")
+        check(self.guidance >= 1.0, where, "guidance", "must be >= 1")
+        check_range(self.micro_batch, 1, 1 << 16, where, "micro_batch")
+        check(0 <= self.seed < SEED_LIMIT, where, "seed", "must be in [0, 2**32)")
 
 
 @dataclass
@@ -177,11 +177,11 @@ class MiniSDConfig:
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def validate(self, where: str) -> None:
-        _check(bool(self.vae), where, "vae", "must give the AutoencoderKL architecture")
-        _check(bool(self.unet), where, "unet", "must give the UNet2DConditionModel architecture")
-        _check(bool(self.export), where, "export", "must not be empty")
-        _check_range(self.tokenizer_max_length, 2, 1 << 16, where, "tokenizer_max_length")
-        _check(self.unet.get("in_channels", 4) == self.vae.get("latent_channels", 4), where, "unet.in_channels",
+        check(bool(self.vae), where, "vae", "must give the AutoencoderKL architecture")
+        check(bool(self.unet), where, "unet", "must give the UNet2DConditionModel architecture")
+        check(bool(self.export), where, "export", "must not be empty")
+        check_range(self.tokenizer_max_length, 2, 1 << 16, where, "tokenizer_max_length")
+        check(self.unet.get("in_channels", 4) == self.vae.get("latent_channels", 4), where, "unet.in_channels",
                "must equal vae.latent_channels")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from research.pmg.data.sticker_set import catalogue, twemoji_png_dir
-from research.pmg.evaluate.images import load_fitted, to_signed
+from research.pmg.images import load_fitted, to_signed
 
 # OpenAI CLIP's image normalisation: what transformers' CLIPImageProcessor applies by default.
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)

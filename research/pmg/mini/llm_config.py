@@ -2,7 +2,7 @@
 
 The YAML file maps onto :class:`MiniLLMConfig` with the project's checked loader (unknown keys and bad values
 stop the run naming the file and the field). ``llm`` is the project's :class:`~research.pmg.config.LlamaConfig`
-and ``keywords`` its :class:`~research.pmg.keywords.config.KeywordsConfig`: the same sections a PMG config has,
+and ``keywords`` its :class:`~research.pmg.config.keywords.KeywordsConfig`: the same sections a PMG config has,
 so the trained model drops into one (``models.llm`` and ``keywords``) with the prompt settings it was trained on.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from research.pmg.config import (SEED_LIMIT, ConfigError, LlamaConfig, RuntimeConfig, _check_range,
+from research.pmg.config import (SEED_LIMIT, ConfigError, LlamaConfig, RuntimeConfig, check_range,
                                  load_dataclass_config)
 from research.pmg.errors import short_repr
-from research.pmg.keywords.config import KeywordsConfig
+from research.pmg.config.keywords import KeywordsConfig
 
 KIND_NAMES = ("preference", "target", "integrate")
 
@@ -34,15 +34,15 @@ class WorldConfig:
 
     def validate(self, where: str) -> None:
         for name in ("users", "eval_users"):
-            _check_range(getattr(self, name), 1, 1_000_000, where, name)
+            check_range(getattr(self, name), 1, 1_000_000, where, name)
         for name in ("events", "eval_events"):
-            _check(getattr(self, name) >= 7, where, name, "must be >= 7 (a 5-item history needs earlier uses)")
-            _check_range(getattr(self, name), 7, 100_000, where, name)
+            check(getattr(self, name) >= 7, where, name, "must be >= 7 (a 5-item history needs earlier uses)")
+            check_range(getattr(self, name), 7, 100_000, where, name)
         for name in ("seed", "eval_seed"):
-            _check(0 <= getattr(self, name) < SEED_LIMIT, where, name, "must be in [0, 2**32)")
-        _check(self.seed != self.eval_seed, where, "eval_seed", "must differ from seed (held-out users)")
-        _check_range(self.eval_samples, 0, 1_000_000, where, "eval_samples")
-        _check_range(self.integrate_pairs, 0, 1_000_000, where, "integrate_pairs")
+            check(0 <= getattr(self, name) < SEED_LIMIT, where, name, "must be in [0, 2**32)")
+        check(self.seed != self.eval_seed, where, "eval_seed", "must differ from seed (held-out users)")
+        check_range(self.eval_samples, 0, 1_000_000, where, "eval_samples")
+        check_range(self.integrate_pairs, 0, 1_000_000, where, "integrate_pairs")
 
 
 @dataclass
@@ -61,7 +61,7 @@ class TokenizerConfig:
     max_piece_length: int = 16
 
     def validate(self, where: str) -> None:
-        _check(2 <= self.max_piece_length <= 512, where, "max_piece_length", "must be in [2, 512]")
+        check(2 <= self.max_piece_length <= 512, where, "max_piece_length", "must be in [2, 512]")
 
 
 @dataclass
@@ -90,21 +90,21 @@ class MiniTrainConfig:
     log_every: int = 10
 
     def validate(self, where: str) -> None:
-        _check_range(self.batch_size, 1, 1 << 16, where, "batch_size")
-        _check(self.lr > 0, where, "lr", "must be > 0")
-        _check(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
-        _check_range(self.max_steps, 1, 10 ** 9, where, "max_steps")
-        _check(0 <= self.warmup_steps <= self.max_steps, where, "warmup_steps", "must be in [0, max_steps]")
-        _check(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
-        _check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
+        check_range(self.batch_size, 1, 1 << 16, where, "batch_size")
+        check(self.lr > 0, where, "lr", "must be > 0")
+        check(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
+        check_range(self.max_steps, 1, 10 ** 9, where, "max_steps")
+        check(0 <= self.warmup_steps <= self.max_steps, where, "warmup_steps", "must be in [0, max_steps]")
+        check(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
+        check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
         _check_mix(self.mix, where, "mix")
-        _check(0 <= self.early_steps <= self.max_steps, where, "early_steps", "must be in [0, max_steps]")
+        check(0 <= self.early_steps <= self.max_steps, where, "early_steps", "must be in [0, max_steps]")
         if self.early_steps:
             _check_mix(self.early_mix, where, "early_mix")
         for name in ("eval_every", "save_every", "log_every"):
-            _check_range(getattr(self, name), 0, 10 ** 9, where, name)
-        _check_range(self.eval_batches, 0, 1 << 20, where, "eval_batches")
-        _check_range(self.keep_last, 1, 10_000, where, "keep_last")
+            check_range(getattr(self, name), 0, 10 ** 9, where, name)
+        check_range(self.eval_batches, 0, 1 << 20, where, "eval_batches")
+        check_range(self.keep_last, 1, 10_000, where, "keep_last")
 
 
 @dataclass
@@ -122,13 +122,13 @@ class MiniLLMConfig:
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def validate(self, where: str) -> None:
-        _check(not self.llm.checkpoint and not self.llm.tokenizer, where, "llm.checkpoint",
+        check(not self.llm.checkpoint and not self.llm.tokenizer, where, "llm.checkpoint",
                "the trainer makes the checkpoint and the tokenizer: leave llm.checkpoint and llm.tokenizer empty")
-        _check(self.keywords.max_new_tokens < self.llm.seq_length, where, "keywords.max_new_tokens",
+        check(self.keywords.max_new_tokens < self.llm.seq_length, where, "keywords.max_new_tokens",
                f"must be smaller than llm.seq_length ({self.llm.seq_length})")
-        _check(self.llm.pad_token_id == 0 and self.llm.bos_token_id == 1 and self.llm.eos_token_id == 2, where,
+        check(self.llm.pad_token_id == 0 and self.llm.bos_token_id == 1 and self.llm.eos_token_id == 2, where,
                "llm.pad_token_id", "the trained tokenizer has <unk>=0 (the pad), <s>=1, </s>=2")
-        _check(bool(self.export_dir), where, "export_dir", "must not be empty")
+        check(bool(self.export_dir), where, "export_dir", "must not be empty")
 
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
@@ -145,11 +145,11 @@ def load_mini_llm_config(path: str | os.PathLike, overrides: list[str] | tuple[s
 
 def _check_mix(mix: dict[str, float], where: str, name: str) -> None:
     unknown = sorted(set(mix) - set(KIND_NAMES))
-    _check(not unknown, where, name, f"unknown kind {short_repr(unknown[:1])} (kinds: {', '.join(KIND_NAMES)})")
-    _check(all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0, where, name,
+    check(not unknown, where, name, f"unknown kind {short_repr(unknown[:1])} (kinds: {', '.join(KIND_NAMES)})")
+    check(all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0, where, name,
            "weights must be >= 0 with a positive sum")
 
 
-def _check(ok: bool, where: str, name: str, message: str) -> None:
+def check(ok: bool, where: str, name: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{where}{name}: {message}")

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from research.pmg.data.records import Item, PreparedData, Sample
+from research.pmg.records.samples import Item, PreparedData, Sample
 from research.pmg.keywords.merge import merge_ranked, normalise_keyword
 from research.pmg.keywords.prompts import PromptBuilder, TemplateSet
 
@@ -366,7 +366,7 @@ def _summary(values: Sequence[tuple[float, float]]) -> dict:
 
 def write_jsonl(path: Path, pairs: Sequence[Pair]) -> None:
     """The pairs as JSONL (kind, attribute, prompt, answer), for inspection."""
-    from research.pmg.data.records import to_jsonl, write_atomic
+    from research.pmg.files import to_jsonl, write_atomic
 
     write_atomic(path, to_jsonl([{"kind": p.kind, "attribute": p.attribute, "prompt": p.prompt, "answer": p.answer}
                                  for p in pairs]))

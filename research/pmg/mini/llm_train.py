@@ -33,11 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from research.pmg.cli import ArgumentParser, run
-from research.pmg.data.records import Item, write_atomic
+from research.pmg.records.samples import Item
+from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
 from research.pmg.mini import llm_data
 from research.pmg.mini.llm_config import KIND_NAMES, MiniLLMConfig, load_mini_llm_config
-from research.pmg.train.checkpoint import list_checkpoints, write_checkpoint_dir
+from research.pmg.checkpoints import list_checkpoints, write_checkpoint_dir
 
 STATE_FILE = "train_state.ckpt"  # model weights + optimizer state (everything of the train-step cell but the lr table)
 MODEL_FILE = "llm.ckpt"  # the LLM's weights, named relative to LlamaForCausalLM: what build_llama loads
@@ -59,9 +60,9 @@ def build_world(root: Path, users: int, events: int, seed: int) -> tuple[Any, li
 
     Built once into ``root`` (raw set, then the data stage); a folder made with other settings is rebuilt.
     """
-    from research.pmg.data.config import DataConfig
+    from research.pmg.config.data import DataConfig
     from research.pmg.data.prepare import prepare
-    from research.pmg.data.records import load_prepared
+    from research.pmg.records.samples import load_prepared
     from research.pmg.data.sticker_set import build_sticker_set
     from research.pmg.data.stickers import STICKER_FILE
     from research.pmg import ownership
@@ -111,7 +112,7 @@ def render_pairs(cfg: MiniLLMConfig, prepared, stickers: Sequence[Item], builder
 
 def history_prompts(prepared) -> list[str]:
     """The bias-correction LLM's history prompts (training stage), so the tokenizer keeps them short too."""
-    from research.pmg.train.dataset import render_history_prompt
+    from research.pmg.examples import render_history_prompt
 
     return [render_history_prompt([prepared.items[i].title for i in s.history]) for s in prepared.samples]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from research.pmg.data.records import Item
+from research.pmg.records.samples import Item
 from research.pmg.keywords.merge import merge_ranked
 from research.pmg.mini.llm_data import preference_answer, target_answer
 

@@ -134,7 +134,7 @@ def vae_decode(vae, latents: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def variant_texts(data, variant: str) -> list[str]:
     """One ``variant`` text (research.pmg.mini.sd_texts) per sticker of ``data``, in row order."""
-    from research.pmg.data.records import Item
+    from research.pmg.records.samples import Item
     from research.pmg.mini.sd_texts import VARIANTS, sticker_texts
 
     k = VARIANTS.index(variant)

@@ -20,8 +20,8 @@ from mindspore import nn
 
 from research.pmg.errors import PMGError
 from research.pmg.mini.config import OptimConfig
-from research.pmg.train.checkpoint import (LR_PARAM, STATE_FILE, list_checkpoints, load_train_checkpoint,
-                                          write_checkpoint_dir)
+from research.pmg.train.checkpoint import LR_PARAM, load_train_checkpoint
+from research.pmg.checkpoints import STATE_FILE, list_checkpoints, write_checkpoint_dir
 
 
 class NonFiniteLoss(PMGError, RuntimeError):

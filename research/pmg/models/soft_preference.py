@@ -1,18 +1,38 @@
-"""The bias-correction LLM of PMG (paper section 3.2): the soft preference embedding.
+"""The bias-correction LLM of PMG (paper section 3.2): the soft preference embedding, built, saved and loaded here.
 
 A frozen Llama reads the user's history prompt followed by L trainable multimodal tokens; P-Tuning v2
 adds S trainable key/value vectors to every attention layer. The hidden states at the L token positions
 are mapped by a trainable linear layer into the diffusion UNet's cross-attention width. Only the prefix,
 the tokens and the map learn; gradients reach them through the frozen LLM.
+
+Training builds the encoder with :func:`build_encoder` and saves its trainable parameters as ``SOFT_FILE`` in
+each checkpoint (train/checkpoint.py); generation finds that file with :func:`resolve_soft_checkpoint` and
+gets a ready history-prompt -> E_m callable from :func:`build_soft_preference`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from research.pmg.config import LlamaConfig, SoftPreferenceConfig
+from research.pmg.checkpoints import list_checkpoints
+from research.pmg.config import LlamaConfig, PMGConfig, SoftPreferenceConfig
+from research.pmg.errors import PMGError
+from research.pmg.examples import tokenize_prompts
 from research.pmg.models.llama import build_prefix_encoder, fit_flash_attention_to_prefix
+from research.pmg.models.weights import load_checkpoint_into
+from research.pmg.runtime import Runtime
+
+SOFT_FILE = "soft_preference.ckpt"  # the trainable parameters alone, in every training checkpoint folder
+
+
+def prompt_len(cfg: PMGConfig) -> int:
+    """Tokens of the history prompt: the LLM's static sequence length less the L multimodal tokens."""
+    return cfg.models.llm.seq_length - cfg.models.soft_preference.num_mm_tokens
 
 
 class SoftPreferenceEncoder(nn.Cell):
@@ -55,3 +75,69 @@ class SoftPreferenceEncoder(nn.Cell):
     def trainable_names(self) -> list[str]:
         """Names (relative to this cell) of the parameters PMG trains."""
         return [name for name, param in self.parameters_and_names() if param.requires_grad]
+
+
+def build_encoder(cfg: PMGConfig, runtime: Runtime, ctx_dim: int, *, batch_size: int,
+                  recompute: bool = False) -> SoftPreferenceEncoder:
+    """The frozen LLM (compiled for ``batch_size`` rows) wrapped with fresh trainable prefix, tokens and map."""
+    from research.pmg.models.factory import build_llm
+
+    llama = build_llm(cfg, runtime, batch_size=batch_size, recompute=recompute)
+    return SoftPreferenceEncoder(llama, cfg.models.llm, cfg.models.soft_preference, ctx_dim, runtime.compute_dtype)
+
+
+@dataclass
+class SoftPreference:
+    """The trained bias-correction LLM: a history prompt -> E_m ``(L, ctx_dim)`` float32."""
+
+    encoder: Any  # research.pmg.models.soft_preference.SoftPreferenceEncoder, trained parameters loaded
+    tokenizer: Any  # the LLM's tokenizer
+    prompt_len: int
+    pad_id: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.encoder.num_mm_tokens)
+
+    def __call__(self, history_prompt: str) -> np.ndarray:
+        ids = tokenize_prompts(self.tokenizer, [history_prompt], self.prompt_len, self.pad_id)
+        return self.encoder(ms.Tensor(ids)).asnumpy()[0].astype(np.float32)
+
+
+def resolve_soft_checkpoint(path: str | Path) -> Path:
+    """``soft_preference.ckpt`` from a file, a ``step-*`` folder, or a training output / checkpoints folder
+    (then the newest complete checkpoint)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / SOFT_FILE).is_file():
+        return path / SOFT_FILE
+    for folder in (path / "checkpoints", path):
+        found = list_checkpoints(folder)
+        if found and (found[-1] / SOFT_FILE).is_file():
+            return found[-1] / SOFT_FILE
+    raise PMGError(f"generate.soft_checkpoint: {path}: no {SOFT_FILE} there (give the file, a step-* folder or "
+                   "the training output folder)")
+
+
+def load_soft_checkpoint(encoder, checkpoint: Path) -> None:
+    """Load trained soft-preference parameters into ``encoder``: every trainable one must be in the file.
+
+    Training saves only the trainable parameters (train/checkpoint.py), so the frozen ones (the LLM, the
+    prefix encoder's fixed position ids) may be absent; anything unexpected or mis-shaped is an error.
+    """
+    frozen = tuple(name for name, param in encoder.parameters_and_names() if not param.requires_grad)
+    load_checkpoint_into(encoder, checkpoint, what="generate.soft_checkpoint", allow_missing=frozen)
+
+
+def build_soft_preference(cfg: PMGConfig, runtime: Runtime, tokenizers, ctx_dim: int,
+                          checkpoint: Path) -> SoftPreference:
+    """The frozen LLM with the trained prefix, tokens and map loaded strictly (see :func:`load_soft_checkpoint`)."""
+    from research.pmg.models.tokenizers import load_llama_tokenizer
+
+    llm = cfg.models.llm
+    encoder = build_encoder(cfg, runtime, ctx_dim, batch_size=1)
+    load_soft_checkpoint(encoder, checkpoint)
+    encoder.set_train(False)
+    return SoftPreference(encoder=encoder, tokenizer=load_llama_tokenizer(tokenizers.llm),
+                          prompt_len=prompt_len(cfg), pad_id=llm.pad_token_id)

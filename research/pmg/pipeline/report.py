@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from research.pmg.config import PMGConfig
-from research.pmg.data.records import write_atomic
-from research.pmg.keywords.records import summary_path
+from research.pmg.files import write_atomic
+from research.pmg.records.keywords import summary_path
 from research.pmg.pipeline import users
 from research.pmg.pipeline.stages import STAGE_NAMES, Paths
 from research.pmg.textsafe import md, md_code
@@ -95,8 +95,8 @@ def _users_section(paths: Paths) -> list[str]:
     evaluation = _json(paths.evaluate / "summary.json")
     if not all(m in (evaluation.get("methods") or {}) for m in USER_COLUMNS.values()):
         return []
-    from research.pmg.data.records import load_prepared
-    from research.pmg.keywords.records import load_keywords
+    from research.pmg.records.samples import load_prepared
+    from research.pmg.records.keywords import load_keywords
 
     data = load_prepared(paths.data)
     rows = users.user_rows(data, evaluation, load_keywords(paths.keywords), USER_COLUMNS)

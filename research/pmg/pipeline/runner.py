@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 
 from research.pmg import ownership
 from research.pmg.config import PMGConfig
-from research.pmg.data.records import write_atomic
+from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
 from research.pmg.integrity import sha256_file
 from research.pmg.pipeline.stages import BY_NAME, STAGES, Paths, Stage, stage_key, wiring

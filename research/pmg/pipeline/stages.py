@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from research.pmg.config import PMGConfig
-from research.pmg.data.config import bundled_raw
+from research.pmg.config.data import bundled_raw
 from research.pmg.integrity import files_fingerprint
-from research.pmg.keywords.records import summary_path
+from research.pmg.records.keywords import summary_path
 
 RUNTIME_KEYS = ("device", "mode", "precision", "seed")  # what changes numbers; not paths, threads or device id
 STAGE_NAMES = ("prepare", "keywords", "train", "generate", "evaluate", "report")

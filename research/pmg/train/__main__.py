@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     out = runtime.output_dir / "train"
     if not args.resume:  # fail fast; with --resume the newest checkpoint there is read first (Trainer.run claims)
         ownership.check(out, "train")
-    from research.pmg.data.records import load_prepared
-    from research.pmg.keywords.records import load_keywords
+    from research.pmg.records.samples import load_prepared
+    from research.pmg.records.keywords import load_keywords
     from research.pmg.train.build import build_trainer
     from research.pmg.train.loop import NonFiniteLoss
 

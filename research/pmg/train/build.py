@@ -2,44 +2,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import mindspore as ms
 
 from research.pmg.config import PMGConfig
-from research.pmg.data.records import PreparedData
-from research.pmg.errors import PMGError
+from research.pmg.examples import Keywords, examples_from, tokenize_prompts
+from research.pmg.records.samples import PreparedData
 from research.pmg.integrity import files_fingerprint
 from research.pmg.runtime import Runtime
 from research.pmg.train import dataset as ds
 from research.pmg.train.loop import Trainer
 
-# sample id -> record with ``preference_keywords`` and ``target_keywords`` (research.pmg.keywords.load_keywords)
-Keywords = Mapping[str, Any]
-
-
-def examples_from(prepared: PreparedData, keywords: Keywords) -> list[ds.Example]:
-    """One :class:`Example` per sample that has keywords, in the prepared order."""
-    out = []
-    for sample in prepared.samples:
-        if sample.id not in keywords:
-            continue
-        record = keywords[sample.id]
-        preference, target = record.preference_keywords, record.target_keywords
-        titles = [prepared.items[item_id].title for item_id in sample.history]
-        out.append(ds.Example(sample_id=sample.id, split=sample.split, history_prompt=ds.render_history_prompt(titles),
-                              target_text=", ".join(target), preference_text=", ".join(preference),
-                              target_image=prepared.image_path(sample.target)))
-    return out
-
-
 def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keywords: Keywords, *,
                   rank: int = 0, world: int = 1) -> Trainer:
     """Build everything a training run needs; the expensive frozen encodings come from the cache."""
-    from research.pmg.models import build_diffusion_parts, build_llm, resolve_tokenizers
+    from research.pmg.models import build_diffusion_parts, resolve_tokenizers
     from research.pmg.models.conditioning import encode_texts
-    from research.pmg.models.soft_preference import SoftPreferenceEncoder
+    from research.pmg.models.soft_preference import build_encoder, prompt_len
     from research.pmg.models.tokenizers import load_llama_tokenizer
     from research.pmg.train.step import PMGDiffusionLoss, WorkerMeanLoss, build_train_step, learning_rates
 
@@ -49,13 +29,12 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
     seed_everything(cfg.runtime.seed)  # random-init (tiny) models and the trainable init are the same every build
     tokenizers = resolve_tokenizers(cfg, runtime)
     sd = build_diffusion_parts(cfg, runtime, tokenizers)
-    llama = build_llm(cfg, runtime, batch_size=cfg.train.batch_size, recompute=cfg.train.recompute)
     if cfg.train.recompute:
         recompute_unet_blocks(sd.unet)
-    encoder = SoftPreferenceEncoder(llama, llm_cfg, soft_cfg, sd.cross_attention_dim, runtime.compute_dtype)
+    encoder = build_encoder(cfg, runtime, sd.cross_attention_dim, batch_size=cfg.train.batch_size,
+                            recompute=cfg.train.recompute)
 
     llm_tokenizer = load_llama_tokenizer(tokenizers.llm)
-    prompt_len = llm_cfg.seq_length - soft_cfg.num_mm_tokens
     vae_factor = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     image_size = int(sd.unet.config.sample_size) * vae_factor
 
@@ -75,7 +54,7 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
                    "tokenizer": files_fingerprint([Path(tokenizers.llm)]), "image_size": image_size}
     arrays = ds.build_arrays(
         examples_from(prepared, keywords), runtime.cache_dir, fingerprint,
-        tokenize=lambda prompts: ds.tokenize_prompts(llm_tokenizer, prompts, prompt_len, llm_cfg.pad_token_id),
+        tokenize=lambda prompts: tokenize_prompts(llm_tokenizer, prompts, prompt_len(cfg), llm_cfg.pad_token_id),
         encode_images=encode_images,
         encode_texts=lambda texts: encode_texts(sd.text_encoder, sd.tokenizer, texts,
                                                 cfg.models.diffusion.tokenizer_max_length))

@@ -18,21 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from research.pmg.errors import PMGError
+from research.pmg.examples import Example
 from research.pmg.integrity import sha256_file
 
 CACHE_VERSION = 2  # 2: transparent pixels composited over white
-
-
-@dataclass(frozen=True)
-class Example:
-    """What training needs of one sample, as text and a file path."""
-
-    sample_id: str
-    split: str
-    history_prompt: str  # the user's history, read by the bias-correction LLM
-    target_text: str  # target keywords, comma-joined
-    preference_text: str  # preference keywords, comma-joined
-    target_image: Path
 
 
 @dataclass
@@ -50,30 +39,13 @@ class TrainingArrays:
         return np.array([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
 
 
-def render_history_prompt(titles: list[str]) -> str:
-    """The history prompt of the bias-correction LLM, in the Llama-2-chat format (oldest item first)."""
-    items = "; ".join(" ".join(t.split()) for t in titles)
-    return f"[INST] A user recently interacted with these items: {items}. Describe the user's taste. [/INST]"
-
-
-def tokenize_prompts(tokenizer, prompts: list[str], prompt_len: int, pad_id: int) -> np.ndarray:
-    """Left-padded ids ``(n, prompt_len)``; over-long prompts keep BOS and their most recent tokens."""
-    out = np.full((len(prompts), prompt_len), pad_id, dtype=np.int32)
-    for row, prompt in enumerate(prompts):
-        ids = tokenizer(prompt, add_special_tokens=True).input_ids
-        if len(ids) > prompt_len:
-            ids = ids[:1] + ids[len(ids) - prompt_len + 1:]
-        out[row, prompt_len - len(ids):] = ids
-    return out
-
-
 def load_image(path: Path, size: int) -> np.ndarray:
     """The target image as the model sees it: ``(3, size, size)`` float32 in [-1, 1].
 
     Read exactly as evaluation reads it (transparency over white, centred square crop, bicubic resize), so
     the soft preference is trained toward the images it is later scored against.
     """
-    from research.pmg.evaluate.images import load_fitted, to_signed
+    from research.pmg.images import load_fitted, to_signed
 
     return to_signed(load_fitted(path, size, "center_crop")[None])[0]
 

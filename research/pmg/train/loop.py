@@ -16,7 +16,8 @@ from research.pmg.config import PMGConfig, dump_config
 from research.pmg.errors import PMGError
 from research.pmg.runtime import Runtime
 from research.pmg.train import dataset as ds
-from research.pmg.train.checkpoint import list_checkpoints, load_train_checkpoint, save_train_checkpoint
+from research.pmg.checkpoints import list_checkpoints
+from research.pmg.train.checkpoint import load_train_checkpoint, save_train_checkpoint
 
 
 class NonFiniteLoss(RuntimeError):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from research.pmg.errors import short_repr
+from research.pmg.config.checks import check, check_finite
 
 SPLITS = ("train", "valid", "test")
 MAX_IMAGE_SIZE = 8192  # pixels a side: an 8192^2 latent batch already fills an accelerator
@@ -56,39 +57,37 @@ class GenerateConfig:
     out: str = ""
 
     def validate(self, where: str) -> None:
-        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
-
         check_finite(self, where)  # flags bypass the loader's check
-        _check(bool(self.weight_sets), where, "weight_sets", "must list at least one (w_p, w_t) pair")
-        _check(len(self.weight_sets) <= 256, where, "weight_sets", "must list at most 256 pairs")
+        check(bool(self.weight_sets), where, "weight_sets", "must list at least one (w_p, w_t) pair")
+        check(len(self.weight_sets) <= 256, where, "weight_sets", "must list at most 256 pairs")
         for i, pair in enumerate(self.weight_sets):
             name = f"weight_sets[{i}]"
-            _check(isinstance(pair, (list, tuple)) and len(pair) == 2, where, name, "must be a pair [w_p, w_t]")
-            _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in pair),
+            check(isinstance(pair, (list, tuple)) and len(pair) == 2, where, name, "must be a pair [w_p, w_t]")
+            check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in pair),
                    where, name, "weights must be finite numbers")
-            _check(all(w >= 0 for w in pair) and any(w > 0 for w in pair), where, name,
+            check(all(w >= 0 for w in pair) and any(w > 0 for w in pair), where, name,
                    "weights must be >= 0 and not both 0")
             if self.weighting == "repetition":
-                _check(all(float(w).is_integer() for w in pair), where, name,
+                check(all(float(w).is_integer() for w in pair), where, name,
                        "repetition weighting repeats keyword text: weights must be whole numbers")
         pairs = [tuple(float(w) for w in pair) for pair in self.weight_sets]
-        _check(len(set(pairs)) == len(pairs), where, "weight_sets", "lists a pair twice")
-        _check(self.images_per_set > 0, where, "images_per_set", "must be > 0")
-        _check(self.images_per_set <= 1024, where, "images_per_set", "must be <= 1024")
-        _check(self.soft_weight >= 0, where, "soft_weight", "must be >= 0")
-        _check(self.steps > 0, where, "steps", "must be > 0")
-        _check(self.steps <= 10_000, where, "steps", "must be <= 10000")
-        _check(self.guidance >= 1.0, where, "guidance", "must be >= 1 (1 = no guidance)")
-        _check(0 <= self.size <= MAX_IMAGE_SIZE, where, "size",
+        check(len(set(pairs)) == len(pairs), where, "weight_sets", "lists a pair twice")
+        check(self.images_per_set > 0, where, "images_per_set", "must be > 0")
+        check(self.images_per_set <= 1024, where, "images_per_set", "must be <= 1024")
+        check(self.soft_weight >= 0, where, "soft_weight", "must be >= 0")
+        check(self.steps > 0, where, "steps", "must be > 0")
+        check(self.steps <= 10_000, where, "steps", "must be <= 10000")
+        check(self.guidance >= 1.0, where, "guidance", "must be >= 1 (1 = no guidance)")
+        check(0 <= self.size <= MAX_IMAGE_SIZE, where, "size",
                f"must be in [0, {MAX_IMAGE_SIZE}] (0 = the model's native size)")
-        _check(0.0 <= self.a <= 1.0, where, "a", "must be in [0, 1]")
-        _check(self.micro_batch > 0, where, "micro_batch", "must be > 0")
-        _check(self.micro_batch <= 4096, where, "micro_batch", "must be <= 4096")
-        _check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
+        check(0.0 <= self.a <= 1.0, where, "a", "must be in [0, 1]")
+        check(self.micro_batch > 0, where, "micro_batch", "must be > 0")
+        check(self.micro_batch <= 4096, where, "micro_batch", "must be <= 4096")
+        check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
         for split in self.splits:
-            _check(split in SPLITS, where, "splits", f"{short_repr(split)} is not one of {list(SPLITS)}")
-        _check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
-        _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
+            check(split in SPLITS, where, "splits", f"{short_repr(split)} is not one of {list(SPLITS)}")
+        check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
+        check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
 
     @property
     def num_candidates(self) -> int:
@@ -104,10 +103,3 @@ class GenerateConfig:
     def negative_for(self, scenario: str) -> str:
         return DEFAULT_NEGATIVE_PROMPTS.get(scenario, "") if self.negative_prompt is None else self.negative_prompt
 
-
-def _check(ok: bool, where: str, name: str, message: str) -> None:
-    if not ok:
-        # Imported here: research.pmg.config will import this module to build its ``generate:`` section.
-        from research.pmg.config import ConfigError
-
-        raise ConfigError(f"{where}{name}: {message}")

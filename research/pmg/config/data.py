@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from research.pmg.config.checks import check, check_finite
 
 SCENARIOS = ("pog", "movielens", "stickers")
 # The bundled raw sample of each scenario (built by research.pmg.data.sample): the default when data.raw is empty.
@@ -39,22 +40,20 @@ class DataConfig:
     strict: bool = False  # stop at the first bad row / id / image instead of skipping and counting it
 
     def validate(self, where: str) -> None:
-        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
-
         check_finite(self, where)  # flags bypass the loader's check
-        _check(self.history_len >= 0, where, "history_len", "must be >= 0 (0 = the scenario's default)")
-        _check(self.history_len <= MAX_HISTORY, where, "history_len", f"must be <= {MAX_HISTORY}")
-        _check(self.min_history >= 0, where, "min_history", "must be >= 0 (0 = history_len)")
-        _check(self.min_history <= MAX_HISTORY, where, "min_history", f"must be <= {MAX_HISTORY}")
+        check(self.history_len >= 0, where, "history_len", "must be >= 0 (0 = the scenario's default)")
+        check(self.history_len <= MAX_HISTORY, where, "history_len", f"must be <= {MAX_HISTORY}")
+        check(self.min_history >= 0, where, "min_history", "must be >= 0 (0 = history_len)")
+        check(self.min_history <= MAX_HISTORY, where, "min_history", f"must be <= {MAX_HISTORY}")
         if self.history_len and self.min_history:
-            _check(self.min_history <= self.history_len, where, "min_history", "must not exceed history_len")
-        _check(self.min_rating > 0, where, "min_rating", "must be > 0")
-        _check(0 <= self.valid_fraction < 1, where, "valid_fraction", "must be in [0, 1)")
-        _check(0 <= self.test_fraction < 1, where, "test_fraction", "must be in [0, 1)")
-        _check(self.valid_fraction + self.test_fraction < 1, where, "test_fraction",
+            check(self.min_history <= self.history_len, where, "min_history", "must not exceed history_len")
+        check(self.min_rating > 0, where, "min_rating", "must be > 0")
+        check(0 <= self.valid_fraction < 1, where, "valid_fraction", "must be in [0, 1)")
+        check(0 <= self.test_fraction < 1, where, "test_fraction", "must be in [0, 1)")
+        check(self.valid_fraction + self.test_fraction < 1, where, "test_fraction",
                "valid_fraction + test_fraction must be < 1 (some users must train)")
-        _check(self.max_users >= 0, where, "max_users", "must be >= 0 (0 = all)")
-        _check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
+        check(self.max_users >= 0, where, "max_users", "must be >= 0 (0 = all)")
+        check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
 
     def resolved_history_len(self, scenario: str) -> int:
         return self.history_len or DEFAULT_HISTORY_LEN[scenario]
@@ -67,10 +66,3 @@ def bundled_raw(scenario: str) -> Path:
     """The bundled sample in the scenario's raw format (MovieLens: the ml-latest-small layout)."""
     return SAMPLE_ROOT / scenario
 
-
-def _check(ok: bool, where: str, name: str, message: str) -> None:
-    if not ok:
-        # Imported here: research.pmg.config imports this module to build its ``data:`` section.
-        from research.pmg.config import ConfigError
-
-        raise ConfigError(f"{where}{name}: {message}")

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from research.pmg.data.report import DataError
+from research.pmg.errors import DataError
+from research.pmg.files import read_jsonl
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -148,116 +147,6 @@ def load_prepared(root: str | os.PathLike) -> PreparedData:
                 raise DataError(f"{where}: sample {sample.id!r} names unknown item {item_id!r}")
         samples.append(sample)
     return PreparedData(root=root, items=items, samples=samples, summary=summary)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# JSONL and atomic writes
-# ---------------------------------------------------------------------------------------------------------------------
-def to_jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``("file:line", object)`` for each non-empty line of a JSONL file."""
-    if not path.is_file():
-        raise DataError(f"{path}: not found")
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{where}: not UTF-8 text") from None
-            if not text.strip():
-                continue
-            try:
-                yield where, json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a whole file or nothing: temp file in the same folder, fsync, rename over the target."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _named(exc, path) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def write_synced(path: str | os.PathLike, data: bytes) -> None:
-    """Write and fsync a file inside a :func:`staged_dir` folder (whose swap is the atomic step)."""
-    try:
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        raise _named(exc, path) from None
-
-
-def _named(exc: OSError, path: str | os.PathLike) -> OSError:
-    """A failed write (full disk, file size limit) names no file: name the one being written."""
-    if exc.filename is not None or exc.errno is None:
-        return exc
-    return type(exc)(exc.errno, f"{exc.strerror} while writing", str(path))
-
-
-@contextmanager
-def staged_dir(out: str | os.PathLike, marker: str = SUMMARY_FILE) -> Iterator[Path]:
-    """Build a whole output folder beside ``out`` and swap it in only when everything was written.
-
-    A crash leaves ``<out>.partial`` (removed by the next run) and the previous ``out`` untouched, never a
-    folder with some files new and some old. Write files inside with :func:`write_synced` or
-    :func:`write_atomic` so that their bytes are on disk before the folder is swapped in. ``out`` may be
-    missing, empty, or a folder written this way before (it holds ``marker``); anything else is refused
-    rather than deleted.
-    """
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / marker).is_file():
-            raise DataError(f"{out}: exists, is not empty and holds no {marker}; refusing to replace it "
-                            "(choose an empty or new output folder)")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for folder in sorted({p.parent for p in staging.rglob("*")}):
-        _fsync_dir(folder)  # file contents are synced as written; make their names durable before the swap
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(staging, out)
-    _fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform opens folders
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

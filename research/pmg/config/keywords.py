@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from research.pmg.errors import short_repr
+from research.pmg.config.checks import check, check_finite
 
 SPLITS = ("train", "valid", "test")
 CHAT_FORMAT_NAMES = ("llama2", "human_assistant", "chatml", "plain")
@@ -52,31 +53,22 @@ class KeywordsConfig:
     model_id: str = ""  # cache identity of the LLM; "" = derived from models.llm, precision and generation settings
 
     def validate(self, where: str) -> None:
-        from research.pmg.config import check_finite  # here: research.pmg.config imports this module
-
         check_finite(self, where)  # flags bypass the loader's check
         # Upper bounds: each of these sizes an array, a prompt or a batch
         for name, high in (("num_preference", 1000), ("num_target", 1000), ("per_attribute", 1000),
                            ("max_new_tokens", 1 << 20), ("batch_size", 4096), ("max_item_chars", 1 << 20),
                            ("max_keyword_words", 1000)):
-            _check(getattr(self, name) > 0, where, name, "must be > 0")
-            _check(getattr(self, name) <= high, where, name, f"must be <= {high}")
-        _check(self.max_item_chars >= 8, where, "max_item_chars", "must be >= 8")
-        _check(0 <= self.top_k <= 1 << 20, where, "top_k", "must be in [0, 1048576] (0 = off)")
-        _check(0.0 < self.top_p <= 1.0, where, "top_p", "must be in (0, 1]")
-        _check(self.temperature > 0, where, "temperature", "must be > 0")
-        _check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
+            check(getattr(self, name) > 0, where, name, "must be > 0")
+            check(getattr(self, name) <= high, where, name, f"must be <= {high}")
+        check(self.max_item_chars >= 8, where, "max_item_chars", "must be >= 8")
+        check(0 <= self.top_k <= 1 << 20, where, "top_k", "must be in [0, 1048576] (0 = off)")
+        check(0.0 < self.top_p <= 1.0, where, "top_p", "must be in (0, 1]")
+        check(self.temperature > 0, where, "temperature", "must be > 0")
+        check(bool(self.splits), where, "splits", f"must name at least one of {list(SPLITS)}")
         for split in self.splits:
-            _check(split in SPLITS, where, "splits", f"{short_repr(split)} is not one of {list(SPLITS)}")
-        _check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
-        _check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
-        _check(0 <= self.kv_cache_blocks <= 1 << 24, where, "kv_cache_blocks",
+            check(split in SPLITS, where, "splits", f"{short_repr(split)} is not one of {list(SPLITS)}")
+        check(len(set(self.splits)) == len(self.splits), where, "splits", "names a split twice")
+        check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
+        check(0 <= self.kv_cache_blocks <= 1 << 24, where, "kv_cache_blocks",
                "must be in [0, 16777216] (0 = sized from the batch)")
 
-
-def _check(ok: bool, where: str, name: str, message: str) -> None:
-    if not ok:
-        # Imported here: research.pmg.config will import this module to build its ``keywords:`` section.
-        from research.pmg.config import ConfigError
-
-        raise ConfigError(f"{where}{name}: {message}")
