@@ -29,7 +29,8 @@ from PIL import Image
 from skimage.color import rgba2rgb
 from skimage.util import img_as_ubyte
 
-from research.pmg.config.data import DataConfig, bundled_raw
+from research.pmg.config.data import DataConfig
+from research.pmg.scenarios import scenario
 from research.pmg.data.images import PickleImages, check_image
 from research.pmg.data.prepare import prepare
 from research.pmg.errors import PMGError
@@ -185,7 +186,7 @@ HOSTILE = {  # item id -> what stands in the images folder under its name, and t
 def _hostile_raw(w: Path) -> Path:
     """The bundled sticker sample with HOSTILE entries in its images folder, plus loops named like no item."""
     raw = w / "raw"
-    shutil.copytree(bundled_raw("stickers"), raw)
+    shutil.copytree(scenario("stickers").raw_sample, raw)
     images = raw / "images"
     for item, (kind, _) in HOSTILE.items():
         path = images / f"{item}.png"
@@ -199,7 +200,7 @@ def _hostile_raw(w: Path) -> Path:
         elif kind == "a FIFO":
             os.mkfifo(path)
         else:
-            path.write_bytes((bundled_raw("stickers") / "images" / f"{item}.png").read_bytes())
+            path.write_bytes((scenario("stickers").raw_sample / "images" / f"{item}.png").read_bytes())
             path.chmod(0)
     (images / "loop.png").symlink_to("loop.png")
     (images / "loop").symlink_to("loop")

@@ -10,8 +10,8 @@ import pytest
 
 from research.pmg.config import ConfigError
 from research.pmg.errors import DataError
-from research.pmg.data import Item, Sample, load_prepared
-from research.pmg.config.data import SAMPLE_ROOT
+from research.pmg.records.samples import Item, Sample, load_prepared
+from research.pmg.scenarios import SAMPLE_ROOT
 from research.pmg.files import staged_dir, write_atomic
 from research.pmg.ownership import OwnershipError
 from tests.data_fixtures import REPO, cli, run, samples, tree_bytes, write_images, write_text

@@ -123,7 +123,7 @@ def test_ml_100k_fixture(tmp_path):
 
 
 def test_bundled_sample_both_formats_agree_and_histories_are_strictly_earlier(tmp_path):
-    from research.pmg.config.data import SAMPLE_ROOT
+    from research.pmg.scenarios import SAMPLE_ROOT
 
     run("movielens", SAMPLE_ROOT / "movielens", tmp_path / "latest")
     run("movielens", SAMPLE_ROOT / "movielens-100k", tmp_path / "100k")

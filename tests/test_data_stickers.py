@@ -102,7 +102,7 @@ def test_simulated_users_have_consistent_tastes(tmp_path):
 
 
 def test_bundled_sticker_sample_uses_real_twemoji(tmp_path):
-    from research.pmg.config.data import SAMPLE_ROOT
+    from research.pmg.scenarios import SAMPLE_ROOT
 
     summary, report = run("stickers", SAMPLE_ROOT / "stickers", tmp_path / "out")
     assert report.issues == [] and summary["counts"]["samples"] >= 20

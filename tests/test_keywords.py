@@ -20,7 +20,8 @@ import pytest
 from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
 from research.pmg.records.samples import load_prepared
-from research.pmg.keywords import KeywordsConfig, KeywordsFileError, load_keywords
+from research.pmg.config import KeywordsConfig
+from research.pmg.records.keywords import KeywordsFileError, load_keywords
 from research.pmg.keywords.cache import AnswerCache, CacheError
 from research.pmg.keywords.extract import (Extractor, extract_keywords, merge_parts, select_samples, shard,
                                            write_part)

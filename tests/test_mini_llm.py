@@ -12,7 +12,8 @@ import pytest
 
 from research.pmg.config import ConfigError, LlamaConfig, RuntimeConfig
 from research.pmg.records.samples import Item, Sample
-from research.pmg.keywords import KeywordsConfig, parse_keywords
+from research.pmg.config import KeywordsConfig
+from research.pmg.keywords import parse_keywords
 from research.pmg.mini import llm_data
 from research.pmg.mini.llm_config import MiniLLMConfig, MiniTrainConfig, load_mini_llm_config
 from tests.tiny_models import REPO

@@ -6,6 +6,7 @@ import pytest
 import mindspore as ms
 
 from research.pmg.config import TrainConfig
+from research.pmg.examples import tokenize_prompts
 from research.pmg.runtime import set_execution_mode
 from research.pmg.train import dataset as ds
 from research.pmg.train.step import learning_rates
@@ -35,7 +36,7 @@ def test_left_padding_keeps_bos_and_most_recent_tokens():
         def __call__(self, text, add_special_tokens=True):
             return SimpleNamespace(input_ids=[1] + [int(w) for w in text.split()])
 
-    ids = ds.tokenize_prompts(Tok(), ["5 6", "5 6 7 8 9"], prompt_len=4, pad_id=0)
+    ids = tokenize_prompts(Tok(), ["5 6", "5 6 7 8 9"], prompt_len=4, pad_id=0)
     np.testing.assert_array_equal(ids, [[0, 1, 5, 6], [1, 7, 8, 9]])
 
 

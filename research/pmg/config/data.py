@@ -7,14 +7,9 @@ field here. Defaults live here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from research.pmg.config.checks import check, check_finite
+from research.pmg.scenarios import scenario as scenario_entry
 
-SCENARIOS = ("pog", "movielens", "stickers")
-# The bundled raw sample of each scenario (built by research.pmg.data.sample): the default when data.raw is empty.
-SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "assets" / "sample"
-# History lengths of the official code (POG 5, movies 3); stickers follow POG.
-DEFAULT_HISTORY_LEN = {"pog": 5, "movielens": 3, "stickers": 5}
 MAX_HISTORY = 1000  # history items per sample: each becomes prompt text and an image to load
 
 
@@ -56,13 +51,9 @@ class DataConfig:
         check(0 <= self.seed < 2 ** 32, where, "seed", "must be in [0, 2**32)")
 
     def resolved_history_len(self, scenario: str) -> int:
-        return self.history_len or DEFAULT_HISTORY_LEN[scenario]
+        return self.history_len or scenario_entry(scenario).history_len
 
     def resolved_min_history(self, scenario: str) -> int:
         return self.min_history or self.resolved_history_len(scenario)
 
-
-def bundled_raw(scenario: str) -> Path:
-    """The bundled sample in the scenario's raw format (MovieLens: the ml-latest-small layout)."""
-    return SAMPLE_ROOT / scenario
 

@@ -12,16 +12,10 @@ from typing import Literal, Optional
 
 from research.pmg.errors import short_repr
 from research.pmg.config.checks import check, check_finite
+from research.pmg.scenarios import scenario as scenario_entry
 
 SPLITS = ("train", "valid", "test")
 MAX_IMAGE_SIZE = 8192  # pixels a side: an 8192^2 latent batch already fills an accelerator
-# The official demo's negative prompts (prompts.py: costume, movie, emoticon), per scenario.
-DEFAULT_NEGATIVE_PROMPTS = {
-    "pog": "human woman man body face fashion trendy",
-    "movielens": "broken text, unclear, twisted",
-    "stickers": "Bad Artist, Worst Quality, Low Quality, Bad Hands-5, Low Resolution, Bad Anatomy, Bad Hands, Text, "
-                "Watermark, Worst Quality, Low Quality, Blurry, Extra Limbs",
-}
 
 
 @dataclass
@@ -101,5 +95,5 @@ class GenerateConfig:
         return self.a if self.preference_keywords else 0.0
 
     def negative_for(self, scenario: str) -> str:
-        return DEFAULT_NEGATIVE_PROMPTS.get(scenario, "") if self.negative_prompt is None else self.negative_prompt
+        return scenario_entry(scenario).negative_prompt if self.negative_prompt is None else self.negative_prompt
 

@@ -14,8 +14,6 @@ from research.pmg.config.checks import check, check_finite
 
 SPLITS = ("train", "valid", "test")
 CHAT_FORMAT_NAMES = ("llama2", "human_assistant", "chatml", "plain")
-# The prompt set of each scenario under configs/prompts/ (the paper's three scenarios).
-DEFAULT_TEMPLATES = {"pog": "clothing", "movielens": "movie", "stickers": "sticker"}
 
 
 @dataclass

@@ -13,12 +13,13 @@ from research.pmg.config.keywords import KeywordsConfig
 from research.pmg.config.models import ModelsConfig
 from research.pmg.config.runtime import RuntimeConfig
 from research.pmg.config.train import TrainConfig
+from research.pmg.scenarios import NAMES
 
 @dataclass
 class PMGConfig:
     """The whole configuration. ``source`` records the file it came from, for error messages."""
 
-    scenario: Literal["pog", "movielens", "stickers"] = "stickers"
+    scenario: Literal[NAMES] = "stickers"  # a name of research.pmg.scenarios
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)

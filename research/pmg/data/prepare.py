@@ -11,6 +11,7 @@ stderr naming file, line and field, and exit code 2; output appears only complet
 from __future__ import annotations
 
 import argparse
+import importlib
 import dataclasses
 import json
 import sys
@@ -24,20 +25,24 @@ from tqdm import tqdm
 from research.pmg import ownership
 from research.pmg.cli import USER_ERROR_EXIT, ArgumentParser
 from research.pmg.config import ConfigError, load_config
-from research.pmg.config.data import SCENARIOS, DataConfig, bundled_raw
-from research.pmg.data.movielens import read_movielens
-from research.pmg.data.pog import read_pog
+from research.pmg.config.data import DataConfig
 from research.pmg.records.samples import (FORMAT_VERSION, IMAGES_DIR, ISSUES_FILE, ITEMS_FILE, SAMPLES_FILE, SPLITS,
                                           SUMMARY_FILE, Item, id_sort_key)
 from research.pmg.files import to_jsonl, write_atomic, write_synced
 from research.pmg.errors import DataError
 from research.pmg.data.report import Report
 from research.pmg.data.sampling import ReadResult
-from research.pmg.data.stickers import read_stickers
 from research.pmg.errors import PMGError, error_line
+from research.pmg.scenarios import NAMES, Scenario
+from research.pmg.scenarios import scenario as scenario_entry
 
-READERS = {"pog": read_pog, "movielens": read_movielens, "stickers": read_stickers}
 SHOWN_ISSUES = 10  # printed on stderr; all of them go to issues.txt
+
+
+def reader(entry: Scenario):
+    """The data-stage function that reads ``entry``'s raw files (named ``module:function`` in the registry)."""
+    module, function = entry.reader.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progress: bool = True
@@ -47,13 +52,12 @@ def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progr
     ``cfg.out`` empty means ``<output_dir>/data``. Raises :class:`DataError` for unusable input (always for a
     missing file or wrong header; for any defect when ``cfg.strict``) and when no sample could be made.
     """
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"scenario {scenario!r}: choose one of {list(SCENARIOS)}")
+    entry = scenario_entry(scenario)
     cfg.validate("data.")
     history_len, min_history = cfg.resolved_history_len(scenario), cfg.resolved_min_history(scenario)
     if min_history > history_len:
         raise ConfigError(f"data.min_history: {min_history} exceeds the history length {history_len}")
-    raw = Path(cfg.raw) if cfg.raw else bundled_raw(scenario)
+    raw = Path(cfg.raw) if cfg.raw else entry.raw_sample
     if not raw.is_dir():
         raise DataError(f"{raw}: raw data folder not found")
     images = Path(cfg.images) if cfg.images else raw / IMAGES_DIR
@@ -61,7 +65,7 @@ def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progr
     ownership.check(out, "prepare")  # before reading: a folder this project did not make is refused at once
 
     report = Report(cfg.strict)
-    result = READERS[scenario](raw, images, cfg, report, progress)
+    result = reader(entry)(raw, images, cfg, report, progress)
     _check_invariants(result)
     summary = _summary(scenario, cfg, history_len, min_history, result, report)
     if not result.samples:
@@ -137,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(formats: research/pmg/data/README.md).")
     p.add_argument("--config", help="PMG YAML config (scenario, runtime.output_dir, data: section)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    p.add_argument("--scenario", choices=SCENARIOS, help="required without --config")
+    p.add_argument("--scenario", choices=NAMES, help="required without --config")
     p.add_argument("--raw", help="raw data folder (default: the bundled sample)")
     p.add_argument("--images", help="image folder or .pkl (default: <raw>/images)")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow reading images from a pickle")

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from research.pmg.config.data import SAMPLE_ROOT
+from research.pmg.scenarios import SAMPLE_ROOT
 from research.pmg.data.movielens import GENRES_100K
 from research.pmg.files import staged_dir, write_atomic, write_synced
 from research.pmg.errors import DataError

@@ -24,7 +24,7 @@ import yaml
 
 from research.pmg.records.samples import Item, Sample
 from research.pmg.errors import PMGError
-from research.pmg.config.keywords import DEFAULT_TEMPLATES
+from research.pmg.scenarios import scenario as scenario_entry
 
 PROMPTS_DIR = Path(__file__).resolve().parents[3] / "configs" / "prompts"
 
@@ -129,7 +129,7 @@ _REQUIRED = {"preference": {"history", "attribute"}, "target": {"item", "attribu
 def resolve_templates(spec: str, scenario: str) -> Path:
     """The YAML file named by ``keywords.templates``: a set name under ``configs/prompts/``, or a path."""
     if not spec:
-        spec = DEFAULT_TEMPLATES[scenario]
+        spec = scenario_entry(scenario).prompts
     if spec.endswith((".yaml", ".yml")) or "/" in spec:
         return Path(spec)
     return PROMPTS_DIR / f"{spec}.yaml"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from research.pmg.config import PMGConfig
-from research.pmg.config.data import bundled_raw
 from research.pmg.integrity import files_fingerprint
 from research.pmg.records.keywords import summary_path
+from research.pmg.scenarios import scenario
 
 RUNTIME_KEYS = ("device", "mode", "precision", "seed")  # what changes numbers; not paths, threads or device id
 STAGE_NAMES = ("prepare", "keywords", "train", "generate", "evaluate", "report")
@@ -81,7 +81,7 @@ def _runtime(cfg: PMGConfig) -> dict[str, Any]:
 
 def raw_fingerprint(cfg: PMGConfig) -> list:
     """The raw input files' fingerprint."""
-    roots = [Path(cfg.data.raw) if cfg.data.raw else bundled_raw(cfg.scenario)]
+    roots = [Path(cfg.data.raw) if cfg.data.raw else scenario(cfg.scenario).raw_sample]
     if cfg.data.images:
         roots.append(Path(cfg.data.images))
     return files_fingerprint(roots)
