@@ -1,8 +1,8 @@
 """Settings of the data stage: where the raw files are, how samples are cut, and how strict to be.
 
-Meant to become the ``data:`` section of :class:`research.pmg.config.PMGConfig`; the scenario itself is the
-top-level ``scenario`` field there, so it is an argument of :func:`research.pmg.data.prepare.prepare`, not a
-field here. Defaults live here and nowhere else.
+The ``data:`` section of :class:`research.pmg.config.PMGConfig`. The scenario itself is the top-level
+``scenario`` field there (research/pmg/scenarios.py), so it is an argument of
+:func:`research.pmg.data.prepare.prepare`, not a field here. Defaults live here and nowhere else.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Settings of the evaluation stage: which methods, which metrics with which exact settings, statistics, report.
 
-Meant to become the ``evaluate:`` section of :class:`research.pmg.config.PMGConfig`. The CLIP model is
+The ``evaluate:`` section of :class:`research.pmg.config.PMGConfig`. The CLIP model is
 ``models.clip``, so it is not repeated here. Defaults live here and nowhere else.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class MethodConfig:
 
 @dataclass
 class EvaluateConfig:
-    """How generated images are scored against the history and target images (paper section 1.4).
+    """How generated images are scored against the history and target images (the paper's evaluation).
 
     Empty paths have defaults: ``data`` is ``data.out`` or ``<output_dir>/data``; ``keywords`` is
     ``train.keywords`` or ``<output_dir>/keywords/keywords.jsonl``; ``out`` is ``<output_dir>/evaluate``.

@@ -1,6 +1,6 @@
 """Settings of the generation stage: weight sets, sampling, CLIP balancing, batching, soft preference, paths.
 
-Meant to become the ``generate:`` section of :class:`research.pmg.config.PMGConfig`. The models are
+The ``generate:`` section of :class:`research.pmg.config.PMGConfig`. The models are
 ``models.diffusion`` and ``models.clip``, the seed is ``runtime.seed``; neither is repeated here. Defaults live
 here and nowhere else.
 """

@@ -1,6 +1,6 @@
 """Settings of the keyword-extraction stage: prompts, generation, keyword caps, cache and output paths.
 
-Meant to become the ``keywords:`` section of :class:`research.pmg.config.PMGConfig`. The model itself is
+The ``keywords:`` section of :class:`research.pmg.config.PMGConfig`. The model itself is
 ``models.llm`` and the scenario is the top-level ``scenario`` field, so neither is repeated here. Defaults
 live here and nowhere else.
 """

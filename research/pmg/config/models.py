@@ -106,7 +106,7 @@ class DiffusionConfig:
 
 @dataclass
 class ClipConfig:
-    """The CLIP scorer used to balance personalization and accuracy (section 1.3 of the paper).
+    """The CLIP scorer used to balance personalization and accuracy (the paper's balancing of preference and target).
 
     ``path`` is a Hugging Face ``CLIPModel`` folder; when empty, ``text_config``/``vision_config``
     build a random-init model (tiny tests only).

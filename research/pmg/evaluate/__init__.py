@@ -1,4 +1,4 @@
-"""Stage 5 of PMG: score generated images against the user's history and the target (paper section 1.4).
+"""Stage 5 of PMG: score generated images against the user's history and the target (the paper's evaluation).
 
 Run it with ``python -m research.pmg.evaluate`` (or ``scripts/run_eval.sh``); README.md here gives the
 metrics' exact settings (the ``evaluate:`` section itself is research.pmg.config.evaluate). The public API

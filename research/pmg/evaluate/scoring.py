@@ -1,6 +1,6 @@
 """Per-sample scores of one method: each generated image against every history image (averaged) and the target.
 
-History scores measure personalization, target scores accuracy (paper section 1.4). For one sample with
+History scores measure personalization, target scores accuracy (as in the paper's evaluation). For one sample with
 history h_1..h_n, target t and generated image g:
 
 - ``lpips_history`` = mean_i LPIPS(g, h_i), ``lpips_target`` = LPIPS(g, t)  (lower = more similar);

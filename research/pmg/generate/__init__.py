@@ -1,4 +1,4 @@
-"""Stage 4 of PMG: personalized images balanced between preference and target by CLIP (paper section 1.3).
+"""Stage 4 of PMG: personalized images balanced between preference and target by CLIP (the paper's balancing step).
 
 Run it with ``python -m research.pmg.generate`` (or ``scripts/run_infer.sh``). The pieces, each usable alone:
 :mod:`.pipeline` (batched sampling with guidance), :mod:`.conditioning` (per-candidate contexts, two weighting

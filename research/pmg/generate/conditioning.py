@@ -7,8 +7,8 @@ The length is the same for every candidate and for the unconditional branch (sta
 
 Two realisations of a weight set (w_p, w_t), selectable:
 
-- ``scaling`` (section 1.3's better realisation): each group's CLIP-text output is multiplied by its weight,
-  and the soft embedding E_m by ``w_p * soft_weight`` (it is the implicit part of the preference).
+- ``scaling`` (weights act on embeddings, not on repeated words): each group's CLIP-text output is multiplied by
+  its weight, and the soft embedding E_m by ``w_p * soft_weight`` (it is the implicit part of the preference).
 - ``repetition`` (the official demo): each group's keyword text is repeated w times inside its own slot
   (", "-joined) before encoding; embeddings are not scaled, E_m gets ``soft_weight`` alone (tokens cannot be
   repeated at a fixed length). Repetition is capped by the text encoder's token limit: repeats that do not

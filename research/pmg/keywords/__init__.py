@@ -1,4 +1,4 @@
-"""Stage 2 of PMG: preference keywords k_p and target keywords k_t from a frozen LLM (paper section 1.1).
+"""Stage 2 of PMG: preference keywords k_p and target keywords k_t from a frozen LLM (the paper's explicit preference keywords).
 
 Run it with ``python -m research.pmg.keywords`` (or ``scripts/run_keywords.sh``); later stages read its output
 with research.pmg.records.keywords.load_keywords. Importing this package does not import MindSpore.

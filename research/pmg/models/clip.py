@@ -1,7 +1,7 @@
 """The CLIP scorer of PMG (mindone.transformers CLIPModel), from a local Hugging Face folder or random init.
 
 CLIP embeds generated images and keyword texts so that personalization (d_p) and accuracy (d_t) can be
-compared on one scale; see section 1.3 of the paper.
+compared on one scale; see the paper's balancing of preference and target.
 """
 from __future__ import annotations
 
