@@ -192,3 +192,33 @@ def test_missing_or_corrupt_files_are_clear_errors(built, tmp_path):
     (clip_dir / "vocab.json").write_text('{"a": 0,', encoding="utf-8")
     with pytest.raises(ValueError, match="vocab.json"):
         T.load_clip_tokenizer(clip_dir)
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("vocab.json", b'{"a\xe9": 0}', "vocab.json is not UTF-8 text"),
+    ("vocab.json", b"[1, 2]", "vocab.json must hold a JSON object of token -> id, got a list"),
+    ("vocab.json", b'{"a": "x", "<|startoftext|>": 1, "<|endoftext|>": 2}', "the id of 'a' is not a non-negative"),
+    ("vocab.json", b'{"a": 1, "<|startoftext|>": 1, "<|endoftext|>": 2}', "two tokens share an id"),
+    ("vocab.json", b'{"a": 0}', r"lacks \['<\|startoftext\|>', '<\|endoftext\|>'\]"),
+    ("merges.txt", b"\x00\xff\xfe garbage\n", "merges.txt is not UTF-8 text"),
+    ("merges.txt", b"#version: 0.2\nabc\n", "merges.txt:2: a merge is two symbols, got 'abc'"),
+])
+def test_damaged_clip_files_are_one_named_error(built, tmp_path, name, data, expected):
+    """Each damage transformers would let through as a traceback (or load silently) is a TokenizerError, a PMGError
+    the command line turns into one ``error:`` line."""
+    from research.pmg.errors import PMGError
+
+    clip_dir = tmp_path / "clip"
+    shutil.copytree(built[2], clip_dir)
+    (clip_dir / name).write_bytes(data)
+    with pytest.raises(T.TokenizerError, match=expected) as caught:
+        T.load_clip_tokenizer(clip_dir)
+    assert isinstance(caught.value, PMGError) and str(clip_dir / name) in str(caught.value)
+
+
+def test_an_empty_merges_file_is_a_valid_character_level_tokenizer(built, tmp_path):
+    clip_dir = tmp_path / "clip"
+    shutil.copytree(built[2], clip_dir)
+    (clip_dir / "merges.txt").write_bytes(b"#version: 0.2\n")
+    assert T.load_clip_tokenizer(clip_dir)("ab").input_ids[0] == T.load_clip_tokenizer(built[2]).encoder[T.CLIP_BOS]
+

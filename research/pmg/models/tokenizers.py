@@ -27,6 +27,8 @@ from typing import Iterable
 import regex
 import sentencepiece as spm
 
+from research.pmg.errors import PMGError, short_repr
+
 TINY_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "tiny_corpus.txt"
 
 LLAMA_MODEL_FILE = "tokenizer.model"
@@ -61,6 +63,10 @@ _CLIP_PRETOKENIZE = regex.compile(
 )
 _CLIP_END_OF_WORD = "</w>"
 _CLIP_BUILD_VERSION = 1  # bump when the CLIP file layout or trainer changes, to invalidate cached builds
+
+
+class TokenizerError(PMGError, ValueError):
+    """A tokenizer file that is missing its parts or damaged; the message names the file."""
 
 
 def read_tiny_corpus(path: str | Path = TINY_CORPUS) -> list[str]:
@@ -109,11 +115,11 @@ def load_llama_tokenizer(path: str | Path):
     if not model_file.is_file():
         raise FileNotFoundError(f"Llama tokenizer: {model_file} not found")
     if model_file.name != LLAMA_MODEL_FILE:  # from_pretrained only looks for this name
-        raise ValueError(f"Llama tokenizer: the file must be named {LLAMA_MODEL_FILE}, got {model_file}")
+        raise TokenizerError(f"Llama tokenizer: the file must be named {LLAMA_MODEL_FILE}, got {model_file}")
     try:  # transformers' errors for a bad proto are obscure; check it with sentencepiece first
         spm.SentencePieceProcessor(model_file=str(model_file))
     except (RuntimeError, OSError) as err:
-        raise ValueError(f"Llama tokenizer: {model_file} is not a valid sentencepiece model: {err}") from err
+        raise TokenizerError(f"Llama tokenizer: {model_file} is not a valid sentencepiece model: {err}") from err
     return LlamaTokenizer.from_pretrained(str(model_file.parent), local_files_only=True, **_LLAMA2_HF_KWARGS)
 
 
@@ -233,15 +239,51 @@ def load_clip_tokenizer(path: str | Path, model_max_length: int = 77):
     for name in (CLIP_VOCAB_FILE, CLIP_MERGES_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"CLIP tokenizer: {folder / name} not found")
+    # transformers reads both files without checking them: bad bytes, a list for a vocabulary or a one-symbol
+    # merge surface as UnicodeDecodeError/AttributeError from inside it, or load "fine" and fail later.
+    _check_clip_vocab(folder / CLIP_VOCAB_FILE)
+    _check_clip_merges(folder / CLIP_MERGES_FILE)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True,
                                                   model_max_length=model_max_length)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"CLIP tokenizer: {folder / CLIP_VOCAB_FILE} is not valid JSON: {err}") from err
-    missing = [token for token in (CLIP_BOS, CLIP_EOS) if token not in tokenizer.encoder]
-    if missing:  # CLIPTokenizer would silently append them as new ids past the embedding table
-        raise ValueError(f"CLIP tokenizer: {folder / CLIP_VOCAB_FILE} lacks {missing}")
+    except Exception as err:  # anything left is still a damaged folder, not a bug of ours: say which
+        raise TokenizerError(f"CLIP tokenizer: {folder} could not be loaded ({type(err).__name__}: {err})") from err
     return tokenizer
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TokenizerError(f"CLIP tokenizer: {path} is not UTF-8 text (byte {err.start})") from None
+
+
+def _check_clip_vocab(path: Path) -> None:
+    """``vocab.json``: one JSON object of token -> distinct non-negative id, with CLIP's BOS and EOS."""
+    try:
+        vocab = json.loads(_read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise TokenizerError(f"CLIP tokenizer: {path} is not valid JSON: {err}") from None
+    if not isinstance(vocab, dict):
+        raise TokenizerError(f"CLIP tokenizer: {path} must hold a JSON object of token -> id, "
+                             f"got a {type(vocab).__name__}")
+    bad = next((k for k, v in vocab.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0), None)
+    if bad is not None:
+        raise TokenizerError(f"CLIP tokenizer: {path}: the id of {short_repr(bad)} is not a non-negative integer")
+    if len(set(vocab.values())) != len(vocab):
+        raise TokenizerError(f"CLIP tokenizer: {path}: two tokens share an id")
+    missing = [token for token in (CLIP_BOS, CLIP_EOS) if token not in vocab]
+    if missing:  # CLIPTokenizer would silently append them as new ids past the embedding table
+        raise TokenizerError(f"CLIP tokenizer: {path} lacks {missing}")
+
+
+def _check_clip_merges(path: Path) -> None:
+    """``merges.txt``: an optional ``#version`` line, then one merge per line, two symbols apart by a space."""
+    for number, line in enumerate(_read_utf8(path).split("\n"), start=1):
+        if (number == 1 and line.startswith("#version")) or not line:
+            continue
+        if len(line.split()) != 2:
+            raise TokenizerError(f"CLIP tokenizer: {path}:{number}: a merge is two symbols, got {short_repr(line)}")
 
 
 def build_tiny_tokenizers(cache_dir: str | Path, llama_vocab_size: int, clip_vocab_size: int) -> tuple[Path, Path]:
