@@ -143,3 +143,27 @@ def test_sweeps_of_s_l_a_and_weight_sets_plan_the_right_runs(tmp_path):
         .generate.weight_sets == [[1, 2], [2, 1]]
     assert load_config(TINY_CONFIG, [c for c in plans["prefix_len=2"].commands[0] if "=" in c]) \
         .models.soft_preference.prefix_len == 2
+
+
+def _configs_with_a_retraining_method() -> list[str]:
+    found = []
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if "methods:" in path.read_text() and any(m.trains for m in load_config(path).evaluate.all_methods()):
+            found.append(str(path.relative_to(REPO)))
+    return found
+
+
+@pytest.mark.parametrize("config", _configs_with_a_retraining_method())
+def test_a_method_that_retrains_generates_with_its_own_soft_preference(config, tmp_path, monkeypatch):
+    """Under the pipeline, evaluate is started with the main run's ``generate.soft_checkpoint``; a method run that
+    trains its own soft preference (soft only, a sweep of S or L) must still generate with that one."""
+    monkeypatch.chdir(REPO)
+    cfg = load_config(config)
+    pinned = [f"generate.soft_checkpoint={tmp_path / 'train'}"]  # what the pipeline passes to evaluate
+    plans = [p for p in plan_methods(cfg.evaluate, output_dir=tmp_path, config=config, overrides=pinned) if p.retrains]
+    assert plans
+    for plan in plans:
+        generate = plan.commands[-1]
+        settings = [generate[i + 1] for i, arg in enumerate(generate) if arg == "--set"]
+        used = load_config(config, settings).generate.soft_checkpoint
+        assert Path(used) == plan.run_dir / "train", f"{plan.name} generates with {used}"
