@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from research.pmg.config import load_config  # noqa: E402
 from research.pmg.config.data import DataConfig  # noqa: E402
+from research.pmg.config.keywords import KeywordsConfig  # noqa: E402
 from research.pmg.data.prepare import prepare  # noqa: E402
 from research.pmg.records.samples import load_prepared  # noqa: E402
-from research.pmg.config.keywords import KeywordsConfig  # noqa: E402
 from research.pmg.runtime import setup_runtime  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,11 +30,11 @@ from skimage.color import rgba2rgb
 from skimage.util import img_as_ubyte
 
 from research.pmg.config.data import DataConfig
-from research.pmg.scenarios import scenario
 from research.pmg.data.images import PickleImages, check_image
 from research.pmg.data.prepare import prepare
 from research.pmg.errors import PMGError
 from research.pmg.images import load_fitted, load_rgb
+from research.pmg.scenarios import scenario
 from tests.bad_input_helpers import assert_one_error_line
 from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
 
@@ -259,10 +259,12 @@ def _cases(w: Path) -> dict[str, tuple[str, list[str]]]:
             "--scenario", "stickers", "--raw", str(w / "raw"), "--out", str(w / "prepared"), "--no-progress"]),
         "evaluate-truncated-clip": ("research.pmg.evaluate", [
             *cfg, "--set", f"models.clip.path={w / 'clip-truncated'}", "--keywords", str(w / "keywords.jsonl"),
-            "--metrics", "clip", "--method", f"x={w / 'method'}", "--out", str(w / "evaluate"), "--no-progress"]),
+            "--set", "evaluate.metrics=[clip]", "--method", f"x={w / 'method'}", "--out", str(w / "evaluate"),
+            "--no-progress"]),
         "generate-int32-soft-checkpoint": ("research.pmg.generate", [
             *cfg, "--keywords", str(w / "keywords.jsonl"),
-            "--soft-checkpoint", str(w / "int32" / "soft_preference.ckpt"), "--steps", "1", "--max-samples", "1",
+            "--soft-checkpoint", str(w / "int32" / "soft_preference.ckpt"), "--set", "generate.steps=1",
+            "--set", "generate.max_samples=1",
             "--out", str(w / "generate"), "--no-progress"]),
     }
 
@@ -455,11 +457,11 @@ def test_users_table_escapes_titles_ids_and_keywords():
 def test_pipeline_report_escapes_paths_and_model_ids(tmp_path):
     from research.pmg.records.keywords import summary_path
     from research.pmg.pipeline.report import render
-    from research.pmg.pipeline.stages import Paths
+    from research.pmg.layout import Layout
 
     root, data = tmp_path / f"out {TITLE}", tmp_path / f"data {TITLE}"
     cfg = tiny_config(root, f"data.out={data}")
-    paths = Paths.of(cfg)
+    paths = Layout.of(cfg)
     summary_path(paths.keywords).parent.mkdir(parents=True)
     summary_path(paths.keywords).write_text(json.dumps({"counts": {"samples": 1}, "model_id": TITLE}))
     report = render(cfg, paths, {}, config_path=f"con`fig {TITLE}.yaml").splitlines()

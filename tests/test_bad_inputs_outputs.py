@@ -106,19 +106,20 @@ def _user_folder_at_the_new_location(work: Path, ref: Path) -> None:
 
 
 def _generate(work: Path, ref: Path, out: str) -> list[str]:
-    return [*configured(work), *stage_inputs(ref), "--out", str(work / out), "--max-samples", "1", "--steps", "1",
-            "--no-progress"]
+    return [*configured(work), *stage_inputs(ref), "--out", str(work / out), "--set", "generate.max_samples=1",
+            "--set", "generate.steps=1", "--no-progress"]
 
 
 def _evaluate(work: Path, ref: Path, out: str) -> list[str]:
-    return [*configured(work), *stage_inputs(ref), "--metrics", "ssim", "--method",
-            f"x={ref / 'generate' / 'manifest.jsonl'}", "--out", str(work / out), "--image-size", "64",
-            "--bootstrap-samples", "100", "--permutations", "100", "--no-progress"]
+    return [*configured(work), *stage_inputs(ref), "--set", "evaluate.metrics=[ssim]", "--method",
+            f"x={ref / 'generate' / 'manifest.jsonl'}", "--out", str(work / out), "--set", "evaluate.image_size=64",
+            "--set", "evaluate.bootstrap_samples=100", "--set", "evaluate.permutations=100", "--no-progress"]
 
 
 def _keywords(work: Path, ref: Path, out: str, cache: str = "o/cache") -> list[str]:
-    return [*configured(work), "--data", str(ref / "data"), "--out", str(work / out), "--cache", str(work / cache),
-            "--max-samples", "1", "--max-new-tokens", "2", "--no-progress"]
+    return [*configured(work), "--data", str(ref / "data"), "--out", str(work / out),
+            "--set", f"keywords.cache={work / cache}", "--set", "keywords.max_samples=1",
+            "--set", "keywords.max_new_tokens=2", "--no-progress"]
 
 
 def _train(work: Path, ref: Path) -> list[str]:
@@ -138,11 +139,13 @@ CASES: dict[str, Case] = {
         setup=lambda w, r: shutil.copytree(r / "data", w / "d")),
     # prepare took any folder holding a summary.json for its own and replaced it whole
     "prepare-over-a-user-folder": Case(
-        PREPARE, lambda w, r: ["--scenario", "stickers", "--max-users", "2", "--out", str(w / "p"), "--no-progress"],
+        PREPARE, lambda w, r: ["--scenario", "stickers", "--set", "data.max_users=2", "--out", str(w / "p"),
+                               "--no-progress"],
         target="p", files={"p/summary.json": '{"mine": true}\n', "p/thesis.tex": "precious\n"}),
     # ... and deleted whatever sat at <out>.partial and <out>.old, its scratch names
     "prepare-beside-user-folders": Case(
-        PREPARE, lambda w, r: ["--scenario", "stickers", "--max-users", "2", "--out", str(w / "q"), "--no-progress"],
+        PREPARE, lambda w, r: ["--scenario", "stickers", "--set", "data.max_users=2", "--out", str(w / "q"),
+                               "--no-progress"],
         target="q.partial", files={"q.partial/keep.txt": "mine\n", "q.old/keep.txt": "mine too\n"}),
     "evaluate-over-a-user-folder": Case(EVALUATE, lambda w, r: _evaluate(w, r, "e"), target="e",
                                         files={"e/summary.json": '{"mine": true}\n', "e/results.md": "# mine\n"}),
@@ -237,7 +240,8 @@ def test_failed_runs_leave_no_settings_and_a_second_run_on_the_folder_fails_fast
     (tmp_path / "t.ckpt").write_text("not a checkpoint\n")
     # one sample per UNet call (A is stopped between two of them); PyNative: no graphs to compile for a few calls
     argv = [*configured(tmp_path, "--set", "runtime.mode=pynative"), *stage_inputs(ref), "--out", str(out),
-            "--max-samples", "2", "--steps", "2", "--micro-batch", "3", "--no-progress"]
+            "--set", "generate.max_samples=2", "--set", "generate.steps=2", "--set", "generate.micro_batch=3",
+            "--no-progress"]
     # defect 7: inputs that fail to load must not bind the folder to their settings
     for bad, message in ((["--soft-checkpoint", str(tmp_path / "t.ckpt")], "cannot be read"),
                          (["--set", f"models.diffusion.path={tmp_path / 'nowhere'}"], "has no 'unet' folder")):
@@ -295,7 +299,7 @@ def test_every_stage_command_locks_its_output(tmp_path):
     """A folder replaced whole (prepare, evaluate) is locked beside it: held here, prepare fails at once."""
     out = tmp_path / "p"
     with ownership.hold(ownership.sibling_lock(out), out):
-        proc = cli(PREPARE, "--scenario", "stickers", "--max-users", "2", "--out", str(out), "--no-progress",
+        proc = cli(PREPARE, "--scenario", "stickers", "--set", "data.max_users=2", "--out", str(out), "--no-progress",
                    cwd=tmp_path)
     assert_refused(proc, str(out), f"in use by another run (pid {os.getpid()})")
     assert not out.exists()

@@ -10,10 +10,10 @@ import pytest
 
 from research.pmg.config import ConfigError
 from research.pmg.errors import DataError
-from research.pmg.records.samples import Item, Sample, load_prepared
-from research.pmg.scenarios import SAMPLE_ROOT
 from research.pmg.files import staged_dir, write_atomic
 from research.pmg.ownership import OwnershipError
+from research.pmg.records.samples import Item, Sample, load_prepared
+from research.pmg.scenarios import SAMPLE_ROOT
 from tests.data_fixtures import REPO, cli, run, samples, tree_bytes, write_images, write_text
 
 SCENARIOS = ["pog", "movielens", "stickers"]
@@ -162,7 +162,7 @@ def test_cli_prepares_the_bundled_sample(tmp_path):
 def test_cli_reads_scenario_and_output_folder_from_a_config(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(f"scenario: pog\nruntime:\n  output_dir: {tmp_path / 'run'}\n")
-    result = cli("-m", "research.pmg.data.prepare", "--config", str(config), "--no-progress", "--seed", "5")
+    result = cli("-m", "research.pmg.data.prepare", "--config", str(config), "--no-progress", "--set", "data.seed=5")
     assert result.returncode == 0, result.stderr
     summary = load_prepared(tmp_path / "run" / "data").summary
     assert summary["scenario"] == "pog" and summary["settings"]["seed"] == 5
@@ -173,7 +173,7 @@ def test_cli_lenient_run_warns_on_stderr_and_lists_issues(tmp_path):
                                         "outfit_data.txt": "o,3\n", "user_data.txt": "x,1;2,o\n"})
     write_images(raw / "images", ["1", "2", "3"])
     result = cli("-m", "research.pmg.data.prepare", "--scenario", "pog", "--raw", str(raw), "--out",
-                 str(tmp_path / "out"), "--min-history", "1", "--no-progress")
+                 str(tmp_path / "out"), "--set", "data.min_history=1", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [f"warning: {raw / 'item_data.txt'}:4: malformed_row: expected "
                                           "item_id,cate_id,pic_url,title (4 fields), got 1"]
@@ -183,10 +183,11 @@ def test_cli_lenient_run_warns_on_stderr_and_lists_issues(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--scenario", "pog", "--raw", "{tmp}/nowhere"], "error: {tmp}/nowhere: raw data folder not found"),
-    (["--scenario", "pog", "--raw", "{tmp}/raw", "--strict"],
+    (["--scenario", "pog", "--raw", "{tmp}/raw", "--set", "data.strict=true"],
      "error: {tmp}/raw/item_data.txt:2: malformed_row: expected item_id,cate_id,pic_url,title (4 fields), got 2 "
-     "(strict mode; run without --strict to skip and count such rows)"),
-    (["--scenario", "pog", "--raw", "{tmp}/raw", "--history-len", "-2"], "error: data.history_len: must be >= 0"),
+     "(strict mode; with data.strict=false such rows are skipped and counted)"),
+    (["--scenario", "pog", "--raw", "{tmp}/raw", "--set", "data.history_len=-2"],
+     "error: <defaults>: data.history_len: must be >= 0"),
     (["--scenario", "movies"], "error: argument --scenario: invalid choice"),
     (["--raw", "{tmp}/raw"], "error: --scenario is required without --config"),
     (["--scenario", "movielens", "--images", "{tmp}/posters.pkl"], "error: {tmp}/posters.pkl: image pickle not found"),

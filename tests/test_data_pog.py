@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from research.pmg.errors import DataError
 from research.pmg.data.sampling import hashed_split
+from research.pmg.errors import DataError
 from tests.data_fixtures import issues, items, run, samples, tree_bytes, write_images, write_text
 
 ITEM_DATA = """\

@@ -10,9 +10,9 @@ from PIL import Image
 
 from research.pmg.cli import USER_ERROR_EXIT, run
 from research.pmg.config import ConfigError
-from research.pmg.errors import PMGError
 from research.pmg.config.evaluate import EvaluateConfig, MethodConfig
-from research.pmg.evaluate.methods import MethodPlan, plan_methods, run_method
+from research.pmg.errors import PMGError
+from research.pmg.evaluate.methods import MANIFEST, MethodPlan, plan_methods, run_method
 from tests.tiny_models import TINY_CONFIG, tiny_config
 
 # The tiny CLIP's text tower pools at its EOS token: give it the tiny tokenizer's EOS id (vocab_size - 1).
@@ -141,10 +141,10 @@ def test_cli_runs_and_refuses_bad_input_without_writing(world, capsys):
 
     root, data = world
     base = ["--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={root}", "--set", CLIP_EOS,
-            "--image-size", "64", "--batch-size", "4", "--bootstrap-samples", "200", "--permutations", "200",
-            "--no-progress"]
+            "--set", "evaluate.image_size=64", "--set", "evaluate.batch_size=4",
+            "--set", "evaluate.bootstrap_samples=200", "--set", "evaluate.permutations=200", "--no-progress"]
     methods = ["--method", f"close={root / 'generated' / 'close'}", "--method", f"far={root / 'generated' / 'far'}"]
-    weights = ["--lpips-weights", str(root / "lpips_alex.ckpt")]
+    weights = ["--set", f"evaluate.lpips_weights={root / 'lpips_alex.ckpt'}"]
     out = root / "evaluate"
     vgg = root / "lpips_vgg.ckpt"
     from research.pmg.models.lpips import LPIPS
@@ -153,18 +153,21 @@ def test_cli_runs_and_refuses_bad_input_without_writing(world, capsys):
     save_checkpoint_of(LPIPS("vgg"), vgg)
     for bad, message in (
             (methods, "evaluate.lpips_weights: needed when metrics include lpips"),
-            (["--method", f"x={root / 'nowhere'}", "--metrics", "ssim"], "method x: images not found at"),
-            (["--method", "x", "--metrics", "ssim"], "expected NAME=IMAGES"),
-            ([*methods, "--metrics", "ssim,fid"], "'fid' is not one of"),
-            ([*methods, "--lpips-weights", str(vgg), "--metrics", "lpips"], "does not match the model"),
-            ([*methods, "--metrics", "ssim", "--split", "train"], "method close: no image for any of the"),
-            ([*methods, "--split", "dev"], "invalid choice: 'dev'")):
+            (["--method", f"x={root / 'nowhere'}", "--set", "evaluate.metrics=[ssim]"],
+             "method x: images not found at"),
+            (["--method", "x", "--set", "evaluate.metrics=[ssim]"], "expected NAME=IMAGES"),
+            ([*methods, "--set", "evaluate.metrics=[ssim,fid]"], "'fid' is not one of"),
+            ([*methods, "--set", f"evaluate.lpips_weights={vgg}", "--set", "evaluate.metrics=[lpips]"],
+             "does not match the model"),
+            ([*methods, "--set", "evaluate.metrics=[ssim]", "--set", "evaluate.split=train"],
+             "method close: no image for any of the"),
+            ([*methods, "--set", "evaluate.split=dev"], "field 'evaluate.split' = 'dev'; choose one of")):
         assert exit_code(main, base + bad) == USER_ERROR_EXIT
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
         assert not out.exists()
 
-    assert run(main, base + methods + weights + ["--max-samples", "4"]) == 0
+    assert run(main, base + methods + weights + ["--set", "evaluate.max_samples=4"]) == 0
     printed = capsys.readouterr().out
     assert "evaluate: 4 samples of split test, 2 method(s)" in printed and "close (n=4): " in printed
     assert "far (n=2, 2 without an image): " in printed
@@ -192,8 +195,8 @@ def test_baselines_and_sweeps_plan_their_runs(world, tmp_path, capsys):
         sweep={"train.lr": [0.001], "models.clip.projection_dim": [32]},
         run_overrides=["data.out={output_dir}/data", "train.keywords={run_dir}/keywords/keywords.jsonl"])
     ecfg.validate("evaluate.")
-    plans = {p.name: p for p in plan_methods(ecfg, output_dir=root, config=str(TINY_CONFIG),
-                                             overrides=[CLIP_EOS])}
+    plans = {p.name: p for p in plan_methods(ecfg, output_dir=root, main_images=root / MANIFEST,
+                                             config=str(TINY_CONFIG), overrides=[CLIP_EOS])}
     assert list(plans) == ["pmg", "given", "soft_only", "lr=0.001", "projection_dim=32"]
     assert plans["pmg"].images == root / "generate" / "manifest.jsonl" and plans["pmg"].commands == ()
     assert plans["given"].images == root / "generated" / "close" and not plans["given"].missing()
@@ -208,7 +211,7 @@ def test_baselines_and_sweeps_plan_their_runs(world, tmp_path, capsys):
     assert [c[2] for c in plans["projection_dim=32"].commands] == ["research.pmg.generate"]
     with pytest.raises(ConfigError, match="train.no_such_key"):
         plan_methods(EvaluateConfig(metrics=["ssim"], methods=[MethodConfig("x", overrides=["train.no_such_key=1"])]),
-                     output_dir=root, config=str(TINY_CONFIG), overrides=[])
+                     output_dir=root, main_images=root / MANIFEST, config=str(TINY_CONFIG), overrides=[])
 
     # A run: its folder links the main run's inputs (not train/ when it retrains) and its commands make the images.
     run_dir = tmp_path / "methods" / "m"
@@ -234,3 +237,15 @@ def test_baselines_and_sweeps_plan_their_runs(world, tmp_path, capsys):
     with pytest.raises(PMGError, match=r"method bad: -c raise SystemExit\(3\) exited with code 3"):
         run_method(failing, output_dir=tmp_path)
     assert (tmp_path / "methods" / "bad" / "train").is_symlink()
+
+
+def test_the_main_method_is_scored_from_where_generate_wrote(tmp_path, capsys):
+    """``evaluate --plan`` finds the main run's images through the layout: ``generate.out`` when set."""
+    from research.pmg.evaluate.__main__ import main
+
+    base = ["--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={tmp_path}", "--set", "evaluate.metrics=[ssim]",
+            "--plan"]
+    assert main(base) == 0
+    assert f"pmg: {tmp_path / 'generate' / 'manifest.jsonl'} (missing)" in capsys.readouterr().out
+    assert main([*base, "--set", f"generate.out={tmp_path / 'elsewhere'}"]) == 0
+    assert f"pmg: {tmp_path / 'elsewhere' / 'manifest.jsonl'} (missing)" in capsys.readouterr().out

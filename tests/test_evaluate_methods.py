@@ -17,7 +17,7 @@ from PIL import Image
 
 from research.pmg.config import load_config
 from research.pmg.config.evaluate import EvaluateConfig
-from research.pmg.evaluate.methods import plan_methods, read_images
+from research.pmg.evaluate.methods import MANIFEST, plan_methods, read_images
 from tests.tiny_models import REPO, TINY_CONFIG
 
 METHODS = ["no_personalization", "keywords_only", "soft_only", "pmg"]
@@ -116,8 +116,8 @@ def test_four_methods_run_end_to_end_and_differ_where_they_must(main_run):
     assert all(f"{name},no_personalization," in comparison for name in METHODS[1:])
     # no_personalization never loads a soft checkpoint, whatever the main run trained: its generation command
     # resolves generate.soft_checkpoint to "" after the run-wide override that points the others at a checkpoint.
-    plans = {p.name: p for p in plan_methods(load_config(config).evaluate, output_dir=run, config=str(config),
-                                             overrides=[])}
+    plans = {p.name: p for p in plan_methods(load_config(config).evaluate, output_dir=run, main_images=run / MANIFEST,
+                                             config=str(config), overrides=[])}
     settings = [c for c in plans["no_personalization"].commands[-1] if "=" in c]
     assert load_config(config, settings).generate.soft_checkpoint == ""
 
@@ -128,7 +128,8 @@ def test_sweeps_of_s_l_a_and_weight_sets_plan_the_right_runs(tmp_path):
         "models.soft_preference.prefix_len": [2], "models.soft_preference.num_mm_tokens": [2],
         "generate.a": [0.8], "generate.weight_sets": [[[1, 1]], [[1, 2], [2, 1]]]})
     ecfg.validate("evaluate.")
-    plans = {p.name: p for p in plan_methods(ecfg, output_dir=tmp_path, config=str(TINY_CONFIG), overrides=[])}
+    plans = {p.name: p for p in plan_methods(ecfg, output_dir=tmp_path, main_images=tmp_path / MANIFEST,
+                                             config=str(TINY_CONFIG), overrides=[])}
     assert list(plans) == ["pmg", "prefix_len=2", "num_mm_tokens=2", "a=0.8", "weight_sets=_1_1",
                            "weight_sets=_1_2_2_1"]
     for name, retrains in [("prefix_len=2", True), ("num_mm_tokens=2", True), ("a=0.8", False),
@@ -160,7 +161,8 @@ def test_a_method_that_retrains_generates_with_its_own_soft_preference(config, t
     monkeypatch.chdir(REPO)
     cfg = load_config(config)
     pinned = [f"generate.soft_checkpoint={tmp_path / 'train'}"]  # what the pipeline passes to evaluate
-    plans = [p for p in plan_methods(cfg.evaluate, output_dir=tmp_path, config=config, overrides=pinned) if p.retrains]
+    plans = [p for p in plan_methods(cfg.evaluate, output_dir=tmp_path, main_images=tmp_path / MANIFEST, config=config,
+                                     overrides=pinned) if p.retrains]
     assert plans
     for plan in plans:
         generate = plan.commands[-1]

@@ -7,8 +7,8 @@ from PIL import Image
 from skimage import data as photos
 from skimage.metrics import structural_similarity
 
-from research.pmg.config import ConfigError
 from research.pmg import images as im
+from research.pmg.config import ConfigError
 from research.pmg.config.evaluate import EvaluateConfig, MethodConfig, sweep_methods
 from research.pmg.evaluate.methods import MethodImagesError, read_images
 from research.pmg.evaluate.ssim import SETTINGS, SSIMSettings, ssim

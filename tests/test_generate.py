@@ -14,9 +14,9 @@ from PIL import Image
 
 from research.pmg.cli import USER_ERROR_EXIT, run
 from research.pmg.config import ConfigError
+from research.pmg.config.generate import GenerateConfig
 from research.pmg.generate import outputs
 from research.pmg.generate.conditioning import candidate_contexts, repeated, unconditional_context
-from research.pmg.config.generate import GenerateConfig
 from research.pmg.generate.pipeline import GenerationPipeline, call_groups, to_uint8
 from research.pmg.generate.run import GenerationModels, build_models, generate, generation_scheduler
 from research.pmg.generate.scorer import ClipScorer, clip_image_processor
@@ -502,8 +502,9 @@ def test_command_line(tmp_path, gen_cfg, stage_inputs, models, monkeypatch, caps
     for name in ("data", "keywords"):
         shutil.copytree(stage_inputs / name, tmp_path / name)
     monkeypatch.setattr(run_module, "build_models", lambda *args: models)  # the module's compiled models
-    argv = ["--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={tmp_path}", "--steps", str(STEPS),
-            "--scheduler", "ddim", "--micro-batch", "4", "--max-samples", "1", "--no-progress"]
+    argv = ["--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={tmp_path}", "--set", f"generate.steps={STEPS}",
+            "--set", "generate.scheduler=ddim", "--set", "generate.micro_batch=4", "--set", "generate.max_samples=1",
+            "--no-progress"]
     assert run(main, argv) == 0
     out = capsys.readouterr().out
     manifest = tmp_path / "generate" / "manifest.jsonl"
@@ -512,11 +513,14 @@ def test_command_line(tmp_path, gen_cfg, stage_inputs, models, monkeypatch, caps
     assert run(main, argv) == 0
     assert "0 samples generated, 1 already done" in capsys.readouterr().out
 
-    for bad, message in [(["--a", "1.5"], "generate.a: must be in [0, 1]"),
-                         (["--weight-sets", "1,x"], "--weight-sets '1,x'"),
-                         (["--weighting", "repetition", "--weight-sets", "1,1.5"], "must be whole numbers"),
+    for bad, message in [(["--set", "generate.a=1.5"], "generate.a: must be in [0, 1]"),
+                         (["--set", "generate.weight_sets=[[1,x]]"], "field 'generate.weight_sets[0][1]' must be a "
+                                                                      "number, got 'x'"),
+                         (["--set", "generate.weighting=repetition", "--set", "generate.weight_sets=[[1,1.5]]"],
+                          "must be whole numbers"),
                          (["--keywords", str(tmp_path / "absent.jsonl")], "keywords file not found"),
-                         (["--splits", "test", "--data", str(tmp_path / "nodata")], "not a prepared dataset")]:
+                         (["--set", "generate.splits=[test]", "--data", str(tmp_path / "nodata")],
+                          "not a prepared dataset")]:
         assert run(main, argv + bad + ["--out", str(tmp_path / "other")]) == USER_ERROR_EXIT, bad
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err

@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from research.pmg.config import KeywordsConfig
 from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
-from research.pmg.records.samples import load_prepared
-from research.pmg.config import KeywordsConfig
-from research.pmg.records.keywords import KeywordsFileError, load_keywords
 from research.pmg.keywords.cache import AnswerCache, CacheError
 from research.pmg.keywords.extract import (Extractor, extract_keywords, merge_parts, select_samples, shard,
                                            write_part)
 from research.pmg.keywords.prompts import load_templates, resolve_templates
-from research.pmg.records.keywords import summary_path
+from research.pmg.records.keywords import KeywordsFileError, load_keywords, summary_path
+from research.pmg.records.samples import load_prepared
 from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
 
 SEQ_LENGTH = 512  # the tiny tokenizer needs about 430 tokens for a sticker prompt
@@ -222,8 +221,8 @@ def test_cli_reports_bad_settings_on_one_line(tmp_path, capsys):
     from research.pmg.keywords.__main__ import main
 
     args = ["--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={tmp_path}"]
-    for bad, message in ((["--batch-size", "0"], "keywords.batch_size: must be > 0"),
-                         (["--splits", "train,dev"], "'dev' is not one of")):
+    for bad, message in ((["--set", "keywords.batch_size=0"], "keywords.batch_size: must be > 0"),
+                         (["--set", "keywords.splits=[train,dev]"], "'dev' is not one of")):
         assert run(main, args + bad) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err
@@ -318,8 +317,8 @@ def test_two_msrun_workers_write_the_one_worker_output(engines, data_dir, llm_cf
     out = tmp_path / "two" / "keywords.jsonl"
     cmd = ["bash", str(REPO / "scripts" / "run_keywords.sh"), "--nproc", "2", "--config", str(TINY_CONFIG),
            "--set", f"runtime.output_dir={tmp_path / 'two'}", "--set", f"models.llm.seq_length={SEQ_LENGTH}",
-           "--data", str(data_dir), "--out", str(out), "--max-new-tokens", str(MAX_NEW),
-           "--max-samples", "6", "--batch-size", "3", "--no-progress"]
+           "--data", str(data_dir), "--out", str(out), "--set", f"keywords.max_new_tokens={MAX_NEW}",
+           "--set", "keywords.max_samples=6", "--set", "keywords.batch_size=3", "--no-progress"]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted((tmp_path / "msrun").glob("*.log")))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs

@@ -3,13 +3,13 @@ import dataclasses
 
 import pytest
 
-from research.pmg.records.samples import Item, Sample
 from research.pmg.keywords.merge import merge_ranked, normalise_keyword, pick_integrated
 from research.pmg.keywords.parse import parse_keywords
 from research.pmg.keywords.prompts import (CHAT_FORMATS, PromptBuilder, PromptError, chat_prompt, clean_text,
                                            load_templates, resolve_templates)
 
 # (answer as an LLM gives it, expected keywords, expected status). Styles seen from Llama-2-chat and its
+from research.pmg.records.samples import Item, Sample
 # relatives: numbered, inline-numbered, bulleted, comma lists, preambles, explanations, markdown, unicode.
 ANSWERS = [
     ("1. Cute\n2. Cartoon\n3. Bear", ["cute", "cartoon", "bear"], "ok"),

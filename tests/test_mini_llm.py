@@ -10,12 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from research.pmg.config import ConfigError, LlamaConfig, RuntimeConfig
-from research.pmg.records.samples import Item, Sample
-from research.pmg.config import KeywordsConfig
+from research.pmg.config import ConfigError, KeywordsConfig, LlamaConfig, RuntimeConfig
 from research.pmg.keywords import parse_keywords
 from research.pmg.mini import llm_data
 from research.pmg.mini.llm_config import MiniLLMConfig, MiniTrainConfig, load_mini_llm_config
+from research.pmg.records.samples import Item, Sample
 from tests.tiny_models import REPO
 
 MINI_CONFIG = REPO / "configs" / "mini" / "llm.yaml"

@@ -18,10 +18,10 @@ from PIL import Image
 
 from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
-from research.pmg.records.samples import load_prepared
 from research.pmg.images import load_rgb
 from research.pmg.mini.acceptance import ACCURACY, MAX_TARGET_DROP, verdicts
 from research.pmg.pipeline import users
+from research.pmg.records.samples import load_prepared
 from tests.tiny_models import REPO
 
 WORLD = REPO / "research" / "pmg" / "assets" / "mini" / "world"

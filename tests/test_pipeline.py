@@ -9,7 +9,8 @@ import time
 import pytest
 
 from research.pmg.config import load_config
-from research.pmg.pipeline.stages import BY_NAME, Paths, stage_key
+from research.pmg.layout import Layout
+from research.pmg.pipeline.stages import BY_NAME, stage_key
 from tests.pipeline_helpers import CONFIG, STAGES, copy_reference, digests, run_pipeline, stamps
 
 
@@ -75,7 +76,7 @@ def test_stage_keys_follow_settings_and_inputs(tmp_path):
     changed_input = dict(inputs, keywords="e")
     assert stage_key(BY_NAME["train"], cfg, changed_input) != stage_key(BY_NAME["train"], cfg, inputs)
     assert stage_key(BY_NAME["prepare"], cfg, changed_input) == stage_key(BY_NAME["prepare"], cfg, inputs)
-    assert Paths.of(cfg).report == tmp_path / "report.md"
+    assert Layout.of(cfg).report == tmp_path / "report.md"
 
 
 def test_model_files_replaced_at_the_same_path_rerun_the_stages_that_read_them(tmp_path):

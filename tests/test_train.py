@@ -238,7 +238,7 @@ def test_negative_item_term_trains_in_graph_mode(tmp_path, runtime, prepared):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, runtime, prepared):
-    from research.pmg.train.loop import NonFiniteLoss
+    from research.pmg.errors import NonFiniteLoss
 
     trainer = make_trainer(tmp_path, runtime, prepared)
     trainer.run(tmp_path / "nan", resume=False, progress=False, stop_after=2)

@@ -64,3 +64,8 @@ class ConfigError(PMGError, ValueError):
 
 class DataError(PMGError, ValueError):
     """Unusable input data. The message starts with ``file:line:`` (or ``file:``) and fits on one line."""
+
+
+class NonFiniteLoss(PMGError, RuntimeError):
+    """A training loss became NaN/Inf (research/pmg/loop.py); the message names the step and the last good
+    checkpoint."""

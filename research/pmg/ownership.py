@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from research.pmg.files import staged_dir, write_atomic
 from research.pmg.errors import PMGError
+from research.pmg.files import staged_dir, write_atomic
 
 MARKER = ".pmg-owned"
 LOCK = ".pmg-lock"

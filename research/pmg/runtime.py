@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from research.pmg.config import ConfigError, RuntimeConfig
+from research.pmg.layout import runtime_dirs
 
 # No stage may reach a model hub: weights come from local folders converted by ckpt_convert.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -145,9 +146,7 @@ def prepare_environment(cfg: RuntimeConfig) -> tuple[Path, Path, Path]:
 
     Safe to call before MindSpore is imported; returns (output_dir, log_dir, cache_dir).
     """
-    output_dir = Path(cfg.output_dir).resolve()
-    log_dir = Path(cfg.log_dir).resolve() if cfg.log_dir else output_dir / "log"
-    cache_dir = Path(cfg.cache_dir).resolve() if cfg.cache_dir else output_dir / "cache"
+    output_dir, log_dir, cache_dir = runtime_dirs(cfg)
     for folder in (output_dir, log_dir, cache_dir):
         folder.mkdir(parents=True, exist_ok=True)
     os.environ.update(OFFLINE_ENV)

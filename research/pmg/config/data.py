@@ -35,7 +35,7 @@ class DataConfig:
     strict: bool = False  # stop at the first bad row / id / image instead of skipping and counting it
 
     def validate(self, where: str) -> None:
-        check_finite(self, where)  # flags bypass the loader's check
+        check_finite(self, where)  # values set in code bypass the loader's check
         check(self.history_len >= 0, where, "history_len", "must be >= 0 (0 = the scenario's default)")
         check(self.history_len <= MAX_HISTORY, where, "history_len", f"must be <= {MAX_HISTORY}")
         check(self.min_history >= 0, where, "min_history", "must be >= 0 (0 = history_len)")

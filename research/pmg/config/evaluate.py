@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from research.pmg.errors import short_repr
 from research.pmg.config.checks import check, check_finite
+from research.pmg.errors import short_repr
 
 SPLITS = ("train", "valid", "test")
 METRICS = ("lpips", "ssim", "clip")
@@ -55,8 +55,8 @@ class MethodConfig:
 class EvaluateConfig:
     """How generated images are scored against the history and target images (the paper's evaluation).
 
-    Empty paths have defaults: ``data`` is ``data.out`` or ``<output_dir>/data``; ``keywords`` is
-    ``train.keywords`` or ``<output_dir>/keywords/keywords.jsonl``; ``out`` is ``<output_dir>/evaluate``.
+    Empty paths have defaults (research/pmg/layout.py): ``data`` and ``keywords`` are what the data and keyword
+    stages wrote; ``out`` is ``<output_dir>/evaluate``.
     ``sweep`` maps a config key to values; each value becomes one more method (the main run with that one
     override), e.g. ``models.soft_preference.prefix_len: [2, 8]`` for S. ``run_overrides`` go to every method
     run, e.g. ``generate.soft_checkpoint={run_dir}/train`` (a run's ``train/`` is its own when it retrains,
@@ -92,7 +92,7 @@ class EvaluateConfig:
     gallery_thumb: int = 160  # pixels, the longer side of each gallery image
 
     def validate(self, where: str) -> None:
-        check_finite(self, where)  # flags bypass the loader's check
+        check_finite(self, where)  # values set in code bypass the loader's check
         check(self.max_samples >= 0, where, "max_samples", "must be >= 0 (0 = all)")
         check(bool(self.methods), where, "methods", "must name at least one method")
         names = [m.name for m in self.all_methods()]

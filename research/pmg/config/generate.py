@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from research.pmg.errors import short_repr
 from research.pmg.config.checks import check, check_finite
+from research.pmg.errors import short_repr
 from research.pmg.scenarios import scenario as scenario_entry
 
 SPLITS = ("train", "valid", "test")
@@ -24,9 +24,9 @@ class GenerateConfig:
 
     Every sample gets ``len(weight_sets) * images_per_set`` candidates, generated together in micro-batches of
     ``micro_batch`` through the UNet; CLIP scores each with d_p (personalization) and d_t (accuracy) and the
-    highest ``z`` wins. Empty paths have defaults: ``data`` is ``data.out`` or ``<runtime.output_dir>/data``,
-    ``keywords`` is ``<runtime.output_dir>/keywords/keywords.jsonl``, ``out`` is
-    ``<runtime.output_dir>/generate``.
+    highest ``z`` wins. Empty paths have defaults (research/pmg/layout.py): ``data`` and ``keywords`` are what the
+    data and keyword stages wrote, ``out`` is ``<runtime.output_dir>/generate``; ``soft_checkpoint`` empty is
+    keywords only.
     """
 
     weight_sets: list[list[float]] = field(default_factory=lambda: [[1.0, 1.0], [1.0, 2.0], [2.0, 1.0]])  # (w_p, w_t)
@@ -51,7 +51,7 @@ class GenerateConfig:
     out: str = ""
 
     def validate(self, where: str) -> None:
-        check_finite(self, where)  # flags bypass the loader's check
+        check_finite(self, where)  # values set in code bypass the loader's check
         check(bool(self.weight_sets), where, "weight_sets", "must list at least one (w_p, w_t) pair")
         check(len(self.weight_sets) <= 256, where, "weight_sets", "must list at most 256 pairs")
         for i, pair in enumerate(self.weight_sets):

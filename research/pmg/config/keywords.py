@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from research.pmg.errors import short_repr
 from research.pmg.config.checks import check, check_finite
+from research.pmg.errors import short_repr
 
 SPLITS = ("train", "valid", "test")
 CHAT_FORMAT_NAMES = ("llama2", "human_assistant", "chatml", "plain")
@@ -20,9 +20,9 @@ CHAT_FORMAT_NAMES = ("llama2", "human_assistant", "chatml", "plain")
 class KeywordsConfig:
     """How preference keywords k_p and target keywords k_t are extracted with the frozen LLM.
 
-    Empty paths have defaults: ``data`` is the prepared dataset of the data stage (``data.out`` or
-    ``<runtime.output_dir>/data``), ``out`` is ``<runtime.output_dir>/keywords/keywords.jsonl`` and
-    ``cache`` is ``<runtime.output_dir>/keywords/cache``.
+    Empty paths have defaults (research/pmg/layout.py): ``data`` is the prepared dataset of the data stage
+    (``data.out`` or ``<runtime.output_dir>/data``), ``out`` is ``<runtime.output_dir>/keywords/keywords.jsonl``
+    and ``cache`` is ``<runtime.output_dir>/keywords/cache``.
     """
 
     templates: str = ""  # prompt set: a name under configs/prompts/ or a YAML path; "" = the scenario's set
@@ -51,7 +51,7 @@ class KeywordsConfig:
     model_id: str = ""  # cache identity of the LLM; "" = derived from models.llm, precision and generation settings
 
     def validate(self, where: str) -> None:
-        check_finite(self, where)  # flags bypass the loader's check
+        check_finite(self, where)  # values set in code bypass the loader's check
         # Upper bounds: each of these sizes an array, a prompt or a batch
         for name, high in (("num_preference", 1000), ("num_target", 1000), ("per_attribute", 1000),
                            ("max_new_tokens", 1 << 20), ("batch_size", 4096), ("max_item_chars", 1 << 20),

@@ -32,7 +32,7 @@ class TrainConfig:
     # Negative-item term (off at 0): w * softplus(target error - error on another sample's target), see
     # research.pmg.train.step.PMGDiffusionLoss
     negative_weight: float = 0.0
-    keywords: str = ""  # keywords JSONL from the keywords stage; "" = <output_dir>/keywords/keywords.jsonl
+    keywords: str = ""  # keywords JSONL; "" = the keyword stage's output (research/pmg/layout.py)
     eval_every: int = 100  # steps between held-out losses; 0 = only at the end
     eval_batches: int = 4
     save_every: int = 100  # steps between checkpoints; 0 = only at the end

@@ -27,9 +27,9 @@ from pathlib import Path
 from research.pmg.config.data import DataConfig
 from research.pmg.data.images import open_images, verify_images
 from research.pmg.data.lines import read_lines, split_csv
-from research.pmg.records.samples import ID_PATTERN, Item
 from research.pmg.data.report import Report, fatal
 from research.pmg.data.sampling import Event, ReadResult, chronological_samples
+from research.pmg.records.samples import ID_PATTERN, Item
 
 GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",

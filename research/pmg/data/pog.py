@@ -24,9 +24,9 @@ from pathlib import Path
 from research.pmg.config.data import DataConfig
 from research.pmg.data.images import open_images, verify_images
 from research.pmg.data.lines import read_lines
-from research.pmg.records.samples import ID_PATTERN, Item, Sample
 from research.pmg.data.report import Report
 from research.pmg.data.sampling import ReadResult, hashed_split, recent_distinct
+from research.pmg.records.samples import ID_PATTERN, Item, Sample
 
 ITEM_FILE, OUTFIT_FILE, USER_FILE = "item_data.txt", "outfit_data.txt", "user_data.txt"
 

@@ -4,9 +4,10 @@
         --out output/movielens/data
 
 With no ``--raw`` the bundled sample of the scenario is used, so the demo runs with nothing downloaded.
-Settings come from defaults, then ``--config`` (a PMG YAML: its ``scenario``, ``runtime.output_dir`` and,
-once present, its ``data:`` section) and ``--set key=value``, then the flags. Bad input ends with one line on
-stderr naming file, line and field, and exit code 2; output appears only complete (:func:`staged_dir`).
+Settings are the config's (``--config``, a PMG YAML: its ``scenario``, ``runtime.output_dir`` and ``data:``
+section) with ``--set key=value`` overrides; the flags name the scenario, inputs and output, each short for the
+``--set`` of one field. Bad input ends with one line on stderr naming file, line and field, and exit code 2;
+output appears only complete (:func:`staged_dir`).
 """
 from __future__ import annotations
 
@@ -23,18 +24,17 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from research.pmg import ownership
-from research.pmg.cli import USER_ERROR_EXIT, ArgumentParser
+from research.pmg.cli import USER_ERROR_EXIT, ArgumentParser, add_config_args, add_field_flag, field_overrides
 from research.pmg.config import ConfigError, load_config
 from research.pmg.config.data import DataConfig
-from research.pmg.records.samples import (FORMAT_VERSION, IMAGES_DIR, ISSUES_FILE, ITEMS_FILE, SAMPLES_FILE, SPLITS,
-                                          SUMMARY_FILE, Item, id_sort_key)
-from research.pmg.files import to_jsonl, write_atomic, write_synced
-from research.pmg.errors import DataError
 from research.pmg.data.report import Report
 from research.pmg.data.sampling import ReadResult
-from research.pmg.errors import PMGError, error_line
-from research.pmg.scenarios import NAMES, Scenario
-from research.pmg.scenarios import scenario as scenario_entry
+from research.pmg.errors import DataError, PMGError, error_line
+from research.pmg.files import to_jsonl, write_atomic, write_synced
+from research.pmg.layout import Layout, data_dir
+from research.pmg.records.samples import (FORMAT_VERSION, IMAGES_DIR, ISSUES_FILE, ITEMS_FILE, SAMPLES_FILE, SPLITS,
+                                          SUMMARY_FILE, Item, id_sort_key)
+from research.pmg.scenarios import NAMES, Scenario, scenario as scenario_entry
 
 SHOWN_ISSUES = 10  # printed on stderr; all of them go to issues.txt
 
@@ -61,7 +61,7 @@ def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progr
     if not raw.is_dir():
         raise DataError(f"{raw}: raw data folder not found")
     images = Path(cfg.images) if cfg.images else raw / IMAGES_DIR
-    out = Path(cfg.out) if cfg.out else Path(output_dir) / "data"
+    out = data_dir(cfg, output_dir)
     ownership.check(out, "prepare")  # before reading: a folder this project did not make is refused at once
 
     report = Report(cfg.strict)
@@ -137,51 +137,29 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m research.pmg.data.prepare",
-                description="Turn a scenario's raw POG / MovieLens / sticker files into canonical samples "
-                            "(formats: research/pmg/data/README.md).")
-    p.add_argument("--config", help="PMG YAML config (scenario, runtime.output_dir, data: section)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    p.add_argument("--scenario", choices=NAMES, help="required without --config")
-    p.add_argument("--raw", help="raw data folder (default: the bundled sample)")
-    p.add_argument("--images", help="image folder or .pkl (default: <raw>/images)")
-    p.add_argument("--allow-pickle", action="store_true", default=None, help="allow reading images from a pickle")
-    p.add_argument("--out", help="prepared dataset folder (default: <runtime.output_dir>/data)")
-    p.add_argument("--history-len", type=int, help="history items per sample (0 = scenario default: POG 5, "
-                                                  "MovieLens 3, stickers 5)")
-    p.add_argument("--min-history", type=int, help="skip samples with a shorter history (0 = history length)")
-    p.add_argument("--min-rating", type=float, help="MovieLens: positive when rating >= this (default 4)")
-    p.add_argument("--valid-fraction", type=float, help="POG: share of users in valid (default 0.1)")
-    p.add_argument("--test-fraction", type=float, help="POG: share of users in test (default 0.1)")
-    p.add_argument("--max-users", type=int, help="first N users in raw-file order (0 = all)")
-    p.add_argument("--seed", type=int, help="seed of POG targets and splits (default 42)")
-    p.add_argument("--strict", action="store_true", default=None, help="stop at the first bad row/id/image")
+                       description="Turn a scenario's raw POG / MovieLens / sticker files into canonical samples "
+                                   "(formats: research/pmg/data/README.md). Settings: the data: section of the "
+                                   "config, changed with --set data.<field>=VALUE (see configs/ and "
+                                   "research/pmg/config/data.py).")
+    add_config_args(p, required=False)
+    add_field_flag(p, "--scenario", "scenario", "required without --config", choices=NAMES)
+    add_field_flag(p, "--raw", "data.raw", "raw data folder", metavar="DIR")
+    add_field_flag(p, "--images", "data.images", "image folder or .pkl", metavar="PATH")
+    add_field_flag(p, "--allow-pickle", "data.allow_pickle", "allow reading images from a pickle", nargs=0)
+    add_field_flag(p, "--out", "data.out", "prepared dataset folder", metavar="DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-_FLAG_FIELDS = ("raw", "images", "allow_pickle", "out", "history_len", "min_history", "min_rating",
-                "valid_fraction", "test_fraction", "max_users", "seed", "strict")
-
-
-def resolve_args(args: argparse.Namespace) -> tuple[str, DataConfig, str]:
-    """Scenario, data settings and output folder from config file, overrides and flags (flags win)."""
-    pmg = load_config(args.config, args.set)
-    if args.scenario:
-        scenario = args.scenario
-    elif args.config or any(s.strip().startswith("scenario=") for s in args.set):
-        scenario = pmg.scenario
-    else:
-        raise ConfigError("--scenario is required without --config")
-    data = pmg.data
-    flags = {name: getattr(args, name) for name in _FLAG_FIELDS if getattr(args, name) is not None}
-    return scenario, dataclasses.replace(data, **flags), pmg.runtime.output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        scenario, cfg, output_dir = resolve_args(args)
-        summary, report = prepare(scenario, cfg, output_dir=output_dir, progress=not args.no_progress)
+        overrides = field_overrides(args)
+        cfg = load_config(args.config, overrides)
+        if not args.config and not any(item.strip().startswith("scenario=") for item in overrides):
+            raise ConfigError("--scenario is required without --config")
+        summary, report = prepare(cfg.scenario, cfg.data, output_dir=cfg.runtime.output_dir,
+                                  progress=not args.no_progress)
     except (PMGError, OSError) as exc:  # bad input, unwritable output, full disk: one line, as every stage
         print(error_line(exc), file=sys.stderr)
         return USER_ERROR_EXIT
@@ -192,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {issue}", file=sys.stderr)
     if len(report.issues) > SHOWN_ISSUES:
         print(f"warning: ... and {len(report.issues) - SHOWN_ISSUES} more", file=sys.stderr)
-    out = Path(cfg.out) if cfg.out else Path(output_dir) / "data"
-    print(format_summary(summary, out))
+    print(format_summary(summary, Layout.of(cfg).data))
     return 0
 
 

@@ -43,7 +43,7 @@ class Report:
             raise ValueError(f"unknown issue kind {kind!r}")
         found = Issue(str(file), line, kind, " ".join(message.split()))
         if self.strict:
-            raise DataError(f"{found} (strict mode; run without --strict to skip and count such rows)")
+            raise DataError(f"{found} (strict mode; with data.strict=false such rows are skipped and counted)")
         self.issues.append(found)
 
     def skip(self, reason: str, count: int = 1) -> None:

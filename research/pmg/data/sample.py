@@ -21,12 +21,11 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from research.pmg.scenarios import SAMPLE_ROOT
 from research.pmg.data.movielens import GENRES_100K
-from research.pmg.files import staged_dir, write_atomic, write_synced
-from research.pmg.errors import DataError
-from research.pmg.errors import error_line
 from research.pmg.data.sticker_set import build_sticker_set
+from research.pmg.errors import DataError, error_line
+from research.pmg.files import staged_dir, write_atomic, write_synced
+from research.pmg.scenarios import SAMPLE_ROOT
 
 README = """# Bundled sample data
 

@@ -15,8 +15,8 @@ import hashlib
 from dataclasses import dataclass
 
 from research.pmg.data.images import ImageRef
-from research.pmg.records.samples import Item, Sample
 from research.pmg.data.report import Report
+from research.pmg.records.samples import Item, Sample
 
 
 @dataclass

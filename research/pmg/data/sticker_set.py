@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from research.pmg.files import staged_dir, to_jsonl, write_atomic, write_synced
-from research.pmg.errors import DataError
 from research.pmg.data.stickers import CONVERSATION_FILE, STICKER_FILE
-from research.pmg.errors import error_line
+from research.pmg.errors import DataError, error_line
+from research.pmg.files import staged_dir, to_jsonl, write_atomic, write_synced
 
 
 def _words(name: str) -> set[str]:

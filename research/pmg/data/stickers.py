@@ -30,9 +30,9 @@ from typing import Any
 from research.pmg.config.data import DataConfig
 from research.pmg.data.images import open_images, verify_images
 from research.pmg.data.lines import read_lines
-from research.pmg.records.samples import ID_PATTERN, Item
 from research.pmg.data.report import Report
 from research.pmg.data.sampling import Event, ReadResult, chronological_samples
+from research.pmg.records.samples import ID_PATTERN, Item
 
 STICKER_FILE, CONVERSATION_FILE = "stickers.jsonl", "conversations.jsonl"
 _STICKER_FIELDS = {"id": True, "caption": True, "category": False, "keywords": False, "attributes": False}

@@ -1,11 +1,11 @@
 """Command line of the evaluation stage.
 
-    python -m research.pmg.evaluate --config configs/pog.yaml --lpips-weights weights/lpips_alex.ckpt
+    python -m research.pmg.evaluate --config configs/pog.yaml --set evaluate.lpips_weights=weights/lpips_alex.ckpt
     python -m research.pmg.evaluate --config C --method pmg=output/pog/generate/manifest.jsonl --method base=DIR
     python -m research.pmg.evaluate --config C --plan            # print the runs baselines/sweeps need, and exit
     python -m research.pmg.evaluate --config C --run-methods     # make missing method images first, then evaluate
 
-Settings: defaults, then the config's ``evaluate:`` section (once PMGConfig has one) and ``--set``, then flags.
+Settings: the config's ``evaluate:`` section, changed with ``--set``; paths from research/pmg/layout.py.
 Bad input ends with one line ``error: ...`` on stderr and exit code 2; the report folder is written whole or
 not at all (see research/pmg/evaluate/README.md).
 """
@@ -15,36 +15,26 @@ import argparse
 import dataclasses
 import shlex
 import sys
-from pathlib import Path
 
-from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
+from research.pmg.cli import ArgumentParser, add_config_args, add_field_flag, config_from_args, run
+from research.pmg.config.evaluate import EvaluateConfig, MethodConfig
 from research.pmg.errors import PMGError
-from research.pmg.config.evaluate import METRICS, SPLITS, EvaluateConfig, MethodConfig
+from research.pmg.layout import Layout
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m research.pmg.evaluate",
-                description="Score generated images against history and target images (LPIPS, SSIM, CLIP), "
-                            "compare methods and write a report (research/pmg/evaluate/README.md).")
+                       description="Score generated images against history and target images (LPIPS, SSIM, CLIP), "
+                                   "compare methods and write a report (research/pmg/evaluate/README.md). Settings: "
+                                   "the evaluate: section of the config, changed with --set evaluate.<field>=VALUE "
+                                   "(see configs/ and research/pmg/config/evaluate.py).")
     add_config_args(p)
-    p.add_argument("--data", help="prepared dataset folder (default: data.out or <output_dir>/data)")
-    p.add_argument("--keywords", help="keywords file (default: train.keywords or <output_dir>/keywords/keywords.jsonl)")
-    p.add_argument("--out", help="report folder (default: <output_dir>/evaluate)")
-    p.add_argument("--split", choices=SPLITS, help="samples to evaluate (default test)")
-    p.add_argument("--max-samples", type=int, help="first N samples of the split (default 0 = all)")
+    add_field_flag(p, "--data", "evaluate.data", "prepared dataset folder", metavar="DIR")
+    add_field_flag(p, "--keywords", "evaluate.keywords", "keywords file", metavar="FILE")
+    add_field_flag(p, "--out", "evaluate.out", "report folder", metavar="DIR")
     p.add_argument("--method", action="append", metavar="NAME=IMAGES",
                    help="a method and its images (folder or manifest); repeatable; replaces the configured "
                         "methods and sweep")
-    p.add_argument("--baseline", help="method the others are compared with (default: the first)")
-    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default all)")
-    p.add_argument("--lpips-net", choices=("vgg", "alex"), help="LPIPS backbone (default alex)")
-    p.add_argument("--lpips-weights", help="LPIPS .ckpt from `python -m ckpt_convert lpips`")
-    p.add_argument("--image-size", type=int, help="LPIPS/SSIM comparison size in pixels (default 256)")
-    p.add_argument("--resize", choices=("center_crop", "squash"), help="resize policy (default center_crop)")
-    p.add_argument("--batch-size", type=int, help="pairs / images per forward pass (default 8)")
-    p.add_argument("--bootstrap-samples", type=int, help="bootstrap resamples (default 10000)")
-    p.add_argument("--permutations", type=int, help="sign-flip permutations (default 10000)")
-    p.add_argument("--seed", type=int, help="seed of the statistics (default 0)")
     p.add_argument("--plan", action="store_true", help="print each method's images and the runs that make missing "
                                                        "ones, then exit")
     p.add_argument("--run-methods", action="store_true",
@@ -53,16 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FLAG_FIELDS = ("data", "keywords", "out", "split", "max_samples", "baseline", "lpips_net", "lpips_weights",
-                "image_size", "resize", "batch_size", "bootstrap_samples", "permutations", "seed")
-
-
 def evaluate_config(cfg, args: argparse.Namespace) -> EvaluateConfig:
-    """Defaults < the config's ``evaluate:`` section < flags; validated once."""
-    base = cfg.evaluate
-    changes = {name: getattr(args, name) for name in _FLAG_FIELDS if getattr(args, name) is not None}
-    if args.metrics is not None:
-        changes["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    """The config's ``evaluate:`` section, its methods replaced by ``--method``; checked for what it needs."""
+    ecfg = cfg.evaluate
     if args.method:
         methods = []
         for item in args.method:
@@ -71,9 +54,8 @@ def evaluate_config(cfg, args: argparse.Namespace) -> EvaluateConfig:
                 raise PMGError(f"--method {item!r}: expected NAME=IMAGES (a folder or a manifest)")
             methods.append(MethodConfig(name=name.strip(), images=images.strip()))
             methods[-1].validate(f"--method {item}: ")
-        changes.update(methods=methods, sweep={})
-    ecfg = dataclasses.replace(base, **changes)
-    ecfg.validate("evaluate.")
+        ecfg = dataclasses.replace(ecfg, methods=methods, sweep={})
+        ecfg.validate("evaluate.")
     ecfg.check_inputs("evaluate.")
     return ecfg
 
@@ -82,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     ecfg = evaluate_config(cfg, args)
+    layout = Layout.of(cfg)
 
     from research.pmg import ownership
-    from research.pmg.evaluate.methods import plan_methods, read_images, run_method
+    from research.pmg.evaluate.methods import MANIFEST, plan_methods, read_images, run_method
 
-    output_dir = Path(cfg.runtime.output_dir).resolve()
-    out = Path(ecfg.out) if ecfg.out else output_dir / "evaluate"
-    plans = plan_methods(ecfg, output_dir=output_dir, config=args.config, overrides=args.overrides)
+    output_dir, out = layout.root, layout.evaluate
+    plans = plan_methods(ecfg, output_dir=output_dir, main_images=layout.generate / MANIFEST.name, config=args.config,
+                         overrides=args.overrides)
     if args.plan:
         for plan in plans:
             state = ("found" if not plan.missing() else "stale" if plan.images.exists() else "missing")
@@ -117,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     from research.pmg.records.samples import load_prepared
     from research.pmg.evaluate.run import evaluate
 
-    data = load_prepared(Path(ecfg.data or cfg.data.out or output_dir / "data"))
+    data = load_prepared(layout.evaluate_data)
     method_images = {plan.name: read_images(plan.images) for plan in plans}
     keywords = lpips_model = embedder = None
     if "clip" in ecfg.metrics:
         from research.pmg.records.keywords import load_keywords
 
-        keywords = load_keywords(Path(ecfg.keywords or cfg.train.keywords or output_dir / "keywords"))
+        keywords = load_keywords(layout.evaluate_keywords)
         from research.pmg.evaluate.clip_metrics import ClipEmbedder
         from research.pmg.models import build_clip_parts, resolve_tokenizers
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from research.pmg import ownership
-from research.pmg.files import write_atomic
-from research.pmg.errors import PMGError
 from research.pmg.config.evaluate import EvaluateConfig
+from research.pmg.errors import PMGError
+from research.pmg.files import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST = Path("generate") / "manifest.jsonl"
@@ -114,8 +114,12 @@ def read_manifest(path: Path) -> dict[str, Path]:
     return found
 
 
-def plan_methods(ecfg: EvaluateConfig, *, output_dir: Path, config: str, overrides: list[str]) -> list[MethodPlan]:
+def plan_methods(ecfg: EvaluateConfig, *, output_dir: Path, main_images: Path, config: str,
+                 overrides: list[str]) -> list[MethodPlan]:
     """Where each method's images are and, for methods with overrides, the train/generate commands of their run.
+
+    ``main_images`` is the main run's manifest (``<generate out>/manifest.jsonl``): a method without a run of its own
+    is scored from it.
 
     ``config`` and ``overrides`` are what this evaluation was started with; each method run adds
     ``evaluate.run_overrides``, its own overrides, its output folder and the shared cache. The combined
@@ -128,7 +132,7 @@ def plan_methods(ecfg: EvaluateConfig, *, output_dir: Path, config: str, overrid
         if method.images:
             plans.append(MethodPlan(method.name, Path(method.images)))
         elif not method.overrides and not method.retrain:
-            plans.append(MethodPlan(method.name, output_dir / MANIFEST))
+            plans.append(MethodPlan(method.name, main_images))
         else:
             run_dir = output_dir / "methods" / method.name
 

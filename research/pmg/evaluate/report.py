@@ -14,10 +14,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from research.pmg.files import write_synced
 from research.pmg import images as im
 from research.pmg.evaluate.scoring import Metric
 from research.pmg.evaluate.stats import Interval, PairedResult
+from research.pmg.files import write_synced
 from research.pmg.textsafe import html, md
 
 # Colour-blind-safe palette (Okabe-Ito), one colour per method in table order.

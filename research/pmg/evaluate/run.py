@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from research.pmg import ownership
-from research.pmg.records.samples import PreparedData, Sample
-from research.pmg.files import write_synced
+from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.errors import PMGError
 from research.pmg.evaluate import report
-from research.pmg.config.evaluate import EvaluateConfig
-from research.pmg.images import RESAMPLE_NAME
 from research.pmg.evaluate.scoring import PairScorer, clip_references, metrics_for, score_method
 from research.pmg.evaluate.ssim import SSIMSettings
 from research.pmg.evaluate.stats import bootstrap_ci, paired_comparison
+from research.pmg.files import write_synced
+from research.pmg.images import RESAMPLE_NAME
+from research.pmg.records.samples import PreparedData, Sample
 
 FORMAT_VERSION = 1
 

@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from research.pmg.records.samples import PreparedData, Sample
 from research.pmg import images as im
 from research.pmg.evaluate.ssim import SSIMSettings, ssim
+from research.pmg.records.samples import PreparedData, Sample
 
 
 @dataclass(frozen=True)

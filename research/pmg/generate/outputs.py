@@ -28,8 +28,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
-from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
+from research.pmg.files import write_atomic
 
 MANIFEST_FILE, SETTINGS_FILE, SUMMARY_FILE = "manifest.jsonl", "settings.json", "summary.json"
 IMAGES_DIR, SHEETS_DIR = "images", "contact_sheets"

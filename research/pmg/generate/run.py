@@ -19,14 +19,14 @@ import numpy as np
 
 from research.pmg import ownership
 from research.pmg.config import PMGConfig
-from research.pmg.files import write_atomic
+from research.pmg.config.generate import GenerateConfig
 from research.pmg.errors import PMGError
-from research.pmg.images import load_rgb
+from research.pmg.files import write_atomic
 from research.pmg.generate import outputs
 from research.pmg.generate.conditioning import Encoder, candidate_contexts, unconditional_context
-from research.pmg.config.generate import GenerateConfig
 from research.pmg.generate.pipeline import GenerationPipeline, call_groups, to_uint8
 from research.pmg.generate.scorer import ClipScorer
+from research.pmg.images import load_rgb
 from research.pmg.runtime import Runtime
 
 if TYPE_CHECKING:  # the soft preference loads MindFormers: imported only when a checkpoint is given

@@ -22,14 +22,14 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from research.pmg.records.samples import Item, PreparedData, Sample
+from research.pmg.config.keywords import KeywordsConfig
 from research.pmg.files import to_jsonl, write_atomic
 from research.pmg.keywords.cache import AnswerCache, cache_key
-from research.pmg.config.keywords import KeywordsConfig
 from research.pmg.keywords.merge import merge_ranked, pick_integrated
 from research.pmg.keywords.parse import STATUSES, parse_keywords
 from research.pmg.keywords.prompts import Prompt, PromptBuilder, TemplateSet
 from research.pmg.records.keywords import FORMAT_VERSION, KeywordsFileError, summary_path
+from research.pmg.records.samples import Item, PreparedData, Sample
 
 INTEGRATE_STATUSES = (*STATUSES, "off_list")
 

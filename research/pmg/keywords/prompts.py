@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from research.pmg.records.samples import Item, Sample
 from research.pmg.errors import PMGError
+from research.pmg.records.samples import Item, Sample
 from research.pmg.scenarios import scenario as scenario_entry
 
 PROMPTS_DIR = Path(__file__).resolve().parents[3] / "configs" / "prompts"

@@ -129,7 +129,7 @@ def train_clip(cfg: MiniClipConfig, runtime, *, resume: bool, stop_after: int | 
     from research.pmg.mini.images import augment, clip_pixels, data_info, load_sticker_images
     from research.pmg.mini.manifest import write_manifest
     from research.pmg.mini.retrieval import retrieval_metrics
-    from research.pmg.mini.trainer import build_step, train
+    from research.pmg.mini.trainer import build_step, run_metrics, train
     from research.pmg.models.tokenizers import load_clip_tokenizer
     from research.pmg.runtime import seed_everything
     from research.pmg.train.dataset import batch_indices
@@ -158,8 +158,8 @@ def train_clip(cfg: MiniClipConfig, runtime, *, resume: bool, stop_after: int | 
     result = train("clip", step_cell, batch, tc, out, resume=resume, stop_after=stop_after, progress=progress)
     model.set_train(False)
     image_features, text_features = clip_features(model, clip_pixels(data.images), ids)
-    metrics = {"loss_first": result.first_loss, "loss_last": result.last_loss, "steps": result.steps_done,
-               "train_seconds": round(result.total_seconds, 1), "train_cpu_seconds": round(result.cpu_seconds, 1),
+    metrics = {**run_metrics(result),
+               "train_cpu_seconds": round(result.cpu_seconds, 1),  # this process's alone (the SD trainer's: summed)
                "real_images": retrieval_metrics(image_features, text_features, np.arange(len(data)), data.themes)}
     if export and result.steps_done >= tc.max_steps:
         folder = Path(cfg.export)

@@ -13,8 +13,8 @@ from typing import Any
 
 from research.pmg.config import (SEED_LIMIT, ConfigError, LlamaConfig, RuntimeConfig, check_range,
                                  load_dataclass_config)
-from research.pmg.errors import short_repr
 from research.pmg.config.keywords import KeywordsConfig
+from research.pmg.errors import short_repr
 
 KIND_NAMES = ("preference", "target", "integrate")
 

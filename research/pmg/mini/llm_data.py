@@ -33,9 +33,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from research.pmg.records.samples import Item, PreparedData, Sample
 from research.pmg.keywords.merge import merge_ranked, normalise_keyword
-from research.pmg.keywords.prompts import PromptBuilder, TemplateSet
+from research.pmg.keywords.prompts import PromptBuilder
+from research.pmg.records.samples import Item, PreparedData, Sample
 
 KINDS = ("preference", "target", "integrate")
 

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import shutil
@@ -32,24 +31,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from research.pmg.checkpoints import META_FILE, STATE_FILE, list_checkpoints, load_step_state
 from research.pmg.cli import ArgumentParser, run
-from research.pmg.records.samples import Item
-from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
+from research.pmg.files import write_atomic
+from research.pmg.loop import Checkpoints, LoopResult, Step, load_newest, run_steps
 from research.pmg.mini import llm_data
-from research.pmg.mini.llm_config import KIND_NAMES, MiniLLMConfig, load_mini_llm_config
-from research.pmg.checkpoints import list_checkpoints, write_checkpoint_dir
+from research.pmg.mini.llm_config import MiniLLMConfig, load_mini_llm_config
+from research.pmg.records.samples import Item
 
-STATE_FILE = "train_state.ckpt"  # model weights + optimizer state (everything of the train-step cell but the lr table)
 MODEL_FILE = "llm.ckpt"  # the LLM's weights, named relative to LlamaForCausalLM: what build_llama loads
-META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.model"
 MANIFEST_FILE = "manifest.json"
-LR_PARAM = "optimizer.learning_rate"
-
-
-class NonFiniteLoss(PMGError):
-    """The loss became NaN/Inf."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -290,27 +283,18 @@ class AnswerLoss:
 
 
 def build_step(loss_net, cfg: MiniLLMConfig):
-    """MindONE's ``TrainStep`` (clipping, AdamW with warm-up + cosine lr) over the answer loss.
+    """The project's jitted train step (research/pmg/train/step.py: MindONE ``TrainStep``, clipping, AdamW with
+    warm-up + cosine lr) over the answer loss, with the mini LLM's optimisation settings.
 
-    ``step(ids, positions, labels, answer_mask)`` (a :meth:`TokenArrays.batch`) returns ``(loss,)``.
+    ``step(ids, positions, labels, answer_mask)`` (a :meth:`TokenArrays.batch`) returns ``(loss, loss)``.
     """
-    import mindspore as ms
-    from mindspore import nn, ops
-    from mindone.diffusers.training_utils import TrainStep
+    from research.pmg.config import TrainConfig
+    from research.pmg.train.step import build_train_step
 
-    from research.pmg.train.step import learning_rates
-
-    class _Step(TrainStep):
-        def forward(self, *inputs):
-            loss = self.model(*inputs)
-            return self.scale_loss(loss), ops.stop_gradient(loss)
-
-    optimizer = nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=ms.Tensor(learning_rates(cfg.train)),
-                                   weight_decay=cfg.train.weight_decay)
-    step = _Step(loss_net, optimizer, max_grad_norm=cfg.train.grad_clip or None, gradient_accumulation_steps=1,
-                 gradient_accumulation_kwargs={"sync_with_dataloader": False})
-    step.set_train(True)
-    return step
+    t = cfg.train
+    train = TrainConfig(batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, max_steps=t.max_steps,
+                        warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio, grad_clip=t.grad_clip)
+    return build_train_step(loss_net, train)[0]  # fp32 (its default precision): no loss scaling
 
 
 def mix_at(tcfg, step: int) -> dict[str, float]:
@@ -335,36 +319,24 @@ def batch_rows(arrays: llm_data.TokenArrays, mix: dict[str, float], batch_size: 
 # --------------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------------
-def save_checkpoint(folder: Path, step_cell, model, meta: dict, keep_last: int) -> Path:
-    """``folder/step-<step>/`` (train state, model weights, meta), written atomically with checksums."""
-    state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names() if n != LR_PARAM]
+def checkpoint_files(step_cell, model) -> dict[str, list]:
+    """A checkpoint's ``.ckpt`` files: the train state and the model's weights (research/pmg/checkpoints.py save lists).
+
+    Unlike the other trainers' (``checkpoints.step_state``), this train state holds the learning-rate table too:
+    its filter dropped ``optimizer.learning_rate``, but MindSpore names the table
+    ``optimizer.learning_rate.learning_rate``. Kept so that the mini LLM's checkpoints stay as they were; so a
+    resume restores the schedule of the run it continues (with another max_steps the table's shape does not fit).
+    """
+    state = [{"name": n, "data": p} for n, p in step_cell.parameters_and_names()]
     weights = [{"name": n, "data": p} for n, p in model.parameters_and_names()]
     if "lm_head.weight" not in {w["name"] for w in weights}:  # tied: the keyword stage's Llama has its own copy
         weights.append({"name": "lm_head.weight", "data": model.model.tok_embeddings.embedding_weight})
-    return write_checkpoint_dir(folder, {STATE_FILE: state, MODEL_FILE: weights}, meta, keep_last)
-
-
-def load_checkpoint(path: Path, step_cell) -> dict:
-    from research.pmg.models.weights import load_checkpoint_into
-
-    load_checkpoint_into(step_cell, path / STATE_FILE, what=f"mini-LLM checkpoint {path.name}",
-                         allow_missing=(LR_PARAM,))
-    return json.loads((path / META_FILE).read_text())
+    return {STATE_FILE: state, MODEL_FILE: weights}
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Training loop
 # --------------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class TrainResult:
-    steps_done: int
-    losses: list[float]  # training loss of every step run in this process
-    eval_losses: dict[int, float]
-    last_checkpoint: Path | None
-    seconds: float  # wall time of the steps run in this process (compile included)
-    total_seconds: float = 0.0  # the same summed over this run and the runs it resumed
-
-
 def eval_loss(loss_net, arrays: llm_data.TokenArrays, batch_size: int, batches: int) -> float | None:
     """Mean answer-token loss over the first ``batches`` held-out batches (fixed rows, comparable values)."""
     if len(arrays) == 0 or batches == 0:
@@ -383,62 +355,53 @@ def _tensors(arrays: Sequence[np.ndarray]) -> list:
 
 
 def train(cfg: MiniLLMConfig, runtime, prepared: Prepared, out: Path, *, resume: bool, stop_after: int | None = None,
-          log=print) -> tuple[TrainResult, Any]:
-    """Train to ``train.max_steps`` (or ``stop_after`` steps: an interrupted run, in tests); return the model too."""
+          log=print) -> tuple[LoopResult, Any]:
+    """Train to ``train.max_steps`` (or ``stop_after`` steps: an interrupted run, in tests); return the model too.
+
+    The log has a record per step; each checkpoint's meta holds ``train_seconds``, summed over the resumed runs.
+    """
+    from research.pmg.train.step import learning_rates
+
     tcfg = cfg.train
     out.mkdir(parents=True, exist_ok=True)
     model = build_trainable_llama(cfg, runtime, tcfg.batch_size)
     loss_net = AnswerLoss.build(model)
     step_cell = build_step(loss_net, cfg)
     ckpt_dir = out / "checkpoints"
-    start, before = 0, 0.0
     if not resume and list_checkpoints(ckpt_dir):
         raise PMGError(f"{ckpt_dir} holds checkpoints of an earlier run: pass --resume to continue it, or delete "
                        "the folder to start over")
-    if resume and list_checkpoints(ckpt_dir):
-        newest = list_checkpoints(ckpt_dir)[-1]
-        meta = load_checkpoint(newest, step_cell)
-        start, before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-        log(f"resumed from {newest}")
-    result = TrainResult(steps_done=start, losses=[], eval_losses={},
-                         last_checkpoint=(list_checkpoints(ckpt_dir) or [None])[-1], seconds=0.0)
-    log_path = out / "train_log.jsonl"
-    kept = [line for line in (log_path.read_text().splitlines() if log_path.is_file() and resume else [])
-            if line and json.loads(line)["step"] <= start]
-    log_path.write_text("".join(line + "\n" for line in kept))
-    from research.pmg.train.step import learning_rates
-
+    load = lambda path: load_step_state(path, step_cell, f"mini-LLM checkpoint {path.name}")  # noqa: E731
+    resumed = load_newest(ckpt_dir, load) if resume else None
+    if resumed:
+        log(f"resumed from {resumed.path}")
+    before = float(resumed.meta.get("train_seconds", 0.0)) if resumed else 0.0
     lrs = learning_rates(tcfg)
-    t0 = time.time()
-    end = min(tcfg.max_steps, stop_after or tcfg.max_steps)
-    with log_path.open("a") as log_file:
-        for step in range(start, end):
-            rows = batch_rows(prepared.arrays, mix_at(tcfg, step), tcfg.batch_size, cfg.runtime.seed, step)
-            loss = float(step_cell(*_tensors(prepared.arrays.batch(rows)))[0].asnumpy())
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss} at step {step + 1}; last good checkpoint: "
-                                    f"{result.last_checkpoint or 'none'}")
-            done = step + 1
-            result.losses.append(loss)
-            result.steps_done = done
-            record = {"step": done, "loss": round(loss, 6), "lr": float(lrs[step]),
-                      "seconds": round(time.time() - t0, 2)}
-            if (tcfg.eval_every and done % tcfg.eval_every == 0) or done == tcfg.max_steps:
-                ev = eval_loss(loss_net, prepared.eval_arrays, tcfg.batch_size, tcfg.eval_batches)
-                if ev is not None:
-                    result.eval_losses[done] = record["eval_loss"] = round(ev, 6)
-            if (tcfg.save_every and done % tcfg.save_every == 0) or done in (tcfg.max_steps, stop_after):
-                meta = {"step": done, "loss": loss, "config": cfg.source, "data_hash": prepared.data_hash,
-                        "train_seconds": round(before + time.time() - t0, 1)}
-                result.last_checkpoint = save_checkpoint(ckpt_dir, step_cell, model, meta, tcfg.keep_last)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if tcfg.log_every and (done % tcfg.log_every == 0 or done == end):
-                log(f"step {done}/{tcfg.max_steps} loss {loss:.4f}"
-                    + (f" held-out {record['eval_loss']:.4f}" if "eval_loss" in record else "")
-                    + f" ({time.time() - t0:.0f} s)")
-    result.seconds = time.time() - t0
-    result.total_seconds = before + result.seconds
+
+    def batches(step: int):
+        rows = batch_rows(prepared.arrays, mix_at(tcfg, step), tcfg.batch_size, cfg.runtime.seed, step)
+        return [_tensors(prepared.arrays.batch(rows))]
+
+    def record(step: Step) -> dict:
+        line = {"step": step.done, "loss": round(step.loss, 6), "lr": float(lrs[step.done - 1]),
+                "seconds": round(step.seconds, 2)}
+        if (tcfg.eval_every and step.done % tcfg.eval_every == 0) or step.done == tcfg.max_steps:
+            ev = eval_loss(loss_net, prepared.eval_arrays, tcfg.batch_size, tcfg.eval_batches)
+            if ev is not None:
+                line["eval_loss"] = round(ev, 6)
+        if tcfg.log_every and (step.done % tcfg.log_every == 0 or step.last):
+            log(f"step {step.done}/{tcfg.max_steps} loss {step.loss:.4f}"
+                + (f" held-out {line['eval_loss']:.4f}" if "eval_loss" in line else "") + f" ({step.seconds:.0f} s)")
+        return line
+
+    meta = lambda step: {"config": cfg.source, "data_hash": prepared.data_hash,  # noqa: E731
+                         "train_seconds": round(before + step.seconds, 1)}
+    checkpoints = Checkpoints(ckpt_dir, tcfg.save_every, tcfg.keep_last,
+                              files=lambda: checkpoint_files(step_cell, model), meta=meta)
+    result = run_steps(step_cell, batches, start=resumed.step if resumed else 0, max_steps=tcfg.max_steps,
+                       stop_after=stop_after, record=record, checkpoints=checkpoints, log_path=out / "train_log.jsonl",
+                       nonfinite=lambda loss, step, last: f"loss is {loss} at step {step}; last good checkpoint: "
+                                                          f"{last or 'none'}")
     return result, model
 
 
@@ -554,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     result, model = train(cfg, runtime, prepared, out, resume=args.resume, log=log)
     if result.last_checkpoint is None:
         raise PMGError(f"no checkpoint under {out / 'checkpoints'}")
+    train_seconds = json.loads((result.last_checkpoint / META_FILE).read_text())["train_seconds"]  # resumed runs too
     checkpoint, tokenizer = result.last_checkpoint / MODEL_FILE, prepared.tokenizer_path
     export_dir = out if args.no_export else Path(cfg.export_dir)
     if not args.no_export:
@@ -576,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": {"steps": result.steps_done, "first_loss": log_lines[0]["loss"] if log_lines else None,
                      "final_loss": float(np.mean([r["loss"] for r in log_lines[-20:]])) if log_lines else None,
                      "eval_losses": {r["step"]: r["eval_loss"] for r in log_lines if "eval_loss" in r},
-                     "train_seconds": round(result.total_seconds, 1),
+                     "train_seconds": train_seconds,
                      "train_seconds_this_run": round(result.seconds, 1),
                      "resumed_from": result.steps_done - len(result.losses)},
         "evaluation": evaluation,

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from research.pmg.records.samples import Item
 from research.pmg.keywords.merge import merge_ranked
 from research.pmg.mini.llm_data import preference_answer, target_answer
+from research.pmg.records.samples import Item
 
 VARIANTS = ("caption", "target", "theme")
 # The sticker templates' attributes (configs/prompts/sticker.yaml), in template order: the merge order.

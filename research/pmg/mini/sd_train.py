@@ -265,7 +265,7 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
     from research.pmg.mini.clip_train import caption_ids
     from research.pmg.mini.images import data_info, load_sticker_images, signed
     from research.pmg.mini.manifest import read_manifest, write_manifest
-    from research.pmg.mini.trainer import build_step, train
+    from research.pmg.mini.trainer import build_step, run_metrics, train
     from research.pmg.models.diffusion import build_scheduler, check_arch
     from research.pmg.models.tokenizers import load_clip_tokenizer
     from research.pmg.runtime import seed_everything
@@ -307,9 +307,7 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
     vae.register_to_config(scaling_factor=scaling)
     recon = vae_decode(vae, means)
     mse = float(np.mean((np.clip(recon, -1, 1) - pixels) ** 2) / 4.0)  # on [0, 1] images
-    vae_metrics = {"loss_first": vae_run.first_loss, "loss_last": vae_run.last_loss, "steps": vae_run.steps_done,
-                   "train_seconds": round(vae_run.total_seconds, 1), "train_cpu_seconds": round(vae_run.total_cpu_seconds, 1),
-                   "scaling_factor": scaling,
+    vae_metrics = {**run_metrics(vae_run), "scaling_factor": scaling,
                    "recon_psnr_db": round(float(10 * np.log10(1.0 / max(mse, 1e-12))), 2)}
 
     # 2. The UNet on the scaled latents. The frozen text encoder's caption hidden states are computed once
@@ -351,10 +349,7 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
         return {"vae": vae_metrics, "unet_steps": unet_run.steps_done}
     unet.set_train(False)
     metrics = {"vae": vae_metrics,
-               "unet": {"loss_first": unet_run.first_loss, "loss_last": unet_run.last_loss,
-                        "steps": unet_run.steps_done,
-                        "train_seconds": round(unet_run.total_seconds, 1),
-                        "train_cpu_seconds": round(unet_run.total_cpu_seconds, 1)}}
+               "unet": run_metrics(unet_run)}
     if not export:
         return metrics
 

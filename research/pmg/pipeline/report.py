@@ -12,9 +12,10 @@ from typing import Any
 
 from research.pmg.config import PMGConfig
 from research.pmg.files import write_atomic
-from research.pmg.records.keywords import summary_path
+from research.pmg.layout import Layout
 from research.pmg.pipeline import users
-from research.pmg.pipeline.stages import STAGE_NAMES, Paths
+from research.pmg.pipeline.stages import STAGE_NAMES
+from research.pmg.records.keywords import summary_path
 from research.pmg.textsafe import md, md_code
 
 USERS_FIGURE = "users.png"
@@ -39,7 +40,7 @@ def _last_train_record(path: Path) -> dict[str, Any]:
     return {**last, "eval_loss": last_eval}
 
 
-def render(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path: str) -> str:
+def render(cfg: PMGConfig, paths: Layout, timings: dict[str, float], config_path: str) -> str:
     data = _json(paths.data / "summary.json")
     keywords = _json(summary_path(paths.keywords))
     generated = _json(paths.generate / "summary.json")
@@ -49,7 +50,7 @@ def render(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path:
              f"- device {md(cfg.runtime.device)}, mode {md(cfg.runtime.mode)}, precision {md(cfg.runtime.precision)}, "
              f"seed {cfg.runtime.seed}", "", "## Stages", "", "| stage | seconds (last run) | output |",
              "|---|---|---|"]
-    outputs = {"prepare": paths.data, "keywords": paths.keywords, "train": paths.train / "checkpoints",
+    outputs = {"prepare": paths.data, "keywords": paths.keywords, "train": paths.checkpoints,
                "generate": paths.generate, "evaluate": paths.evaluate}
     for name in STAGE_NAMES[:-1]:
         lines.append(f"| {name} | {timings.get(name, 0.0):.1f} | "
@@ -90,7 +91,7 @@ def render(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path:
     return "\n".join(lines)
 
 
-def _users_section(paths: Paths) -> list[str]:
+def _users_section(paths: Layout) -> list[str]:
     """The simulated users' figure (written beside the report) and its table, when the evaluation has both methods."""
     evaluation = _json(paths.evaluate / "summary.json")
     if not all(m in (evaluation.get("methods") or {}) for m in USER_COLUMNS.values()):
@@ -106,7 +107,7 @@ def _users_section(paths: Paths) -> list[str]:
     return ["", *users.markdown(rows, data, USERS_FIGURE)]
 
 
-def write_report(cfg: PMGConfig, paths: Paths, timings: dict[str, float], config_path: str) -> Path:
+def write_report(cfg: PMGConfig, paths: Layout, timings: dict[str, float], config_path: str) -> Path:
     write_atomic(paths.report, render(cfg, paths, timings, config_path))
     return paths.report
 

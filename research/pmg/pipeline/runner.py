@@ -42,10 +42,11 @@ from typing import Callable, Iterable
 
 from research.pmg import ownership
 from research.pmg.config import PMGConfig
-from research.pmg.files import write_atomic
 from research.pmg.errors import PMGError
+from research.pmg.files import write_atomic
 from research.pmg.integrity import sha256_file
-from research.pmg.pipeline.stages import BY_NAME, STAGES, Paths, Stage, stage_key, wiring
+from research.pmg.layout import Layout
+from research.pmg.pipeline.stages import BY_NAME, STAGES, Stage, pinned, stage_key
 
 REPO = Path(__file__).resolve().parents[3]
 USER_ERROR = 2
@@ -62,11 +63,11 @@ class StageFailed(Exception):
 # ---------------------------------------------------------------------------------------------------------------------
 # Stamps
 # ---------------------------------------------------------------------------------------------------------------------
-def stamp_path(paths: Paths, stage: str) -> Path:
+def stamp_path(paths: Layout, stage: str) -> Path:
     return paths.state / f"{stage}.json"
 
 
-def read_stamp(paths: Paths, stage: str) -> dict | None:
+def read_stamp(paths: Layout, stage: str) -> dict | None:
     path = stamp_path(paths, stage)
     if not path.is_file():
         return None
@@ -77,7 +78,7 @@ def read_stamp(paths: Paths, stage: str) -> dict | None:
         return None  # an unreadable stamp proves nothing: the stage runs again
 
 
-def write_stamp(paths: Paths, stage: str, stamp: dict) -> None:
+def write_stamp(paths: Layout, stage: str, stamp: dict) -> None:
     paths.state.mkdir(parents=True, exist_ok=True)
     write_atomic(stamp_path(paths, stage), json.dumps(stamp, indent=1, sort_keys=True) + "\n")
 
@@ -123,7 +124,7 @@ class Pipeline:
     def __init__(self, cfg: PMGConfig, config_path: str, overrides: list[str], *, nproc: int = 1,
                  echo: Callable[[str], None] = print):
         self.cfg, self.config_path, self.overrides = cfg, config_path, list(overrides)
-        self.paths = Paths.of(cfg)
+        self.paths = Layout.of(cfg)
         self.nproc = nproc
         self.echo = echo
         self.digests: dict[str, str] = {}
@@ -217,7 +218,7 @@ class Pipeline:
 
     def _repair(self, stage: Stage, bad: list[str], stamp: dict) -> None:
         if stage.name == "train":  # resume from the newest intact checkpoint instead of training from zero
-            checkpoints = self.paths.train / "checkpoints"
+            checkpoints = self.paths.checkpoints
             damaged = [self.paths.root / rel for rel in bad]
             if all(p.is_relative_to(checkpoints) and p.relative_to(checkpoints).parts[0].startswith("step-")
                    for p in damaged):
@@ -261,11 +262,11 @@ class Pipeline:
     def command(self, stage: Stage) -> tuple[list[str], Path | None]:
         """The stage's command line, and msrun's log folder when it runs distributed."""
         args = ["--config", self.config_path]
-        for item in [*self.overrides, *wiring(self.cfg, self.paths)]:
+        for item in [*self.overrides, *pinned(self.cfg, self.paths)]:
             args += ["--set", item]
         args += ["--no-progress", *stage.extra_args(self.paths)]
         if self.nproc > 1 and stage.distributed:
-            log_dir = self.paths.logs / f"msrun_{stage.name}"
+            log_dir = self.paths.stage_logs / f"msrun_{stage.name}"
             msrun = shutil.which("msrun", path=_env()["PATH"])
             if msrun is None:
                 raise PMGError("--nproc needs msrun (installed with MindSpore) on PATH")
@@ -276,7 +277,7 @@ class Pipeline:
 
     def _launch(self, stage: Stage, tag: str) -> None:
         command, msrun_logs = self.command(stage)
-        log = self.paths.logs / f"{stage.name}.log"
+        log = self.paths.stage_logs / f"{stage.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         if msrun_logs is not None:
             shutil.rmtree(msrun_logs, ignore_errors=True)  # worker logs of this attempt only
@@ -299,7 +300,7 @@ class Pipeline:
     def _lock(self):
         """The state folder (stamps) and the pipeline's log folder, claimed; the state folder's lock held."""
         with ownership.claim(self.paths.state, "pipeline"), \
-                ownership.claim(self.paths.logs, "pipeline", lock=False):
+                ownership.claim(self.paths.stage_logs, "pipeline", lock=False):
             yield
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from research.pmg.config import PMGConfig
 from research.pmg.integrity import files_fingerprint
+from research.pmg.layout import Layout
 from research.pmg.records.keywords import summary_path
 from research.pmg.scenarios import scenario
 
@@ -24,43 +25,17 @@ STAGE_NAMES = ("prepare", "keywords", "train", "generate", "evaluate", "report")
 
 
 @dataclass(frozen=True)
-class Paths:
-    """Where every stage reads and writes, resolved as the stages resolve them (relative to the working dir)."""
-
-    root: Path  # runtime.output_dir
-    data: Path
-    keywords: Path  # the keywords file
-    train: Path
-    generate: Path
-    evaluate: Path
-    report: Path
-    state: Path  # stamps, lock
-    logs: Path  # one log per stage
-
-    @classmethod
-    def of(cls, cfg: PMGConfig) -> Paths:
-        root = Path(cfg.runtime.output_dir).resolve()
-        log_dir = Path(cfg.runtime.log_dir).resolve() if cfg.runtime.log_dir else root / "log"
-        keywords = Path(cfg.keywords.out).resolve() if cfg.keywords.out else root / "keywords" / "keywords.jsonl"
-        return cls(root=root, data=Path(cfg.data.out).resolve() if cfg.data.out else root / "data", keywords=keywords,
-                   train=root / "train",
-                   generate=Path(cfg.generate.out).resolve() if cfg.generate.out else root / "generate",
-                   evaluate=Path(cfg.evaluate.out).resolve() if cfg.evaluate.out else root / "evaluate",
-                   report=root / "report.md", state=root / "pipeline", logs=log_dir / "pipeline")
-
-
-@dataclass(frozen=True)
 class Stage:
     name: str
     module: str  # ``python -m <module>``; "" for the report, written by the pipeline itself
     inputs: tuple[str, ...]
     settings: Callable[[PMGConfig], dict[str, Any]]  # the config values its outputs depend on
-    outputs: Callable[[Paths], list[Path]]  # files or folders whose files are checksummed in the stamp
-    owned: Callable[[Paths], list[Path]] = lambda paths: []  # resumable outputs, set aside when out of date
+    outputs: Callable[[Layout], list[Path]]  # files or folders whose files are checksummed in the stamp
+    owned: Callable[[Layout], list[Path]] = lambda paths: []  # resumable outputs, set aside when out of date
     # the folders it writes into, checked against the ownership rule (research/pmg/ownership.py) before it runs
-    folders: Callable[[Paths], list[Path]] = lambda paths: []
+    folders: Callable[[Layout], list[Path]] = lambda paths: []
     distributed: bool = False  # runs under msrun with --nproc > 1
-    extra_args: Callable[[Paths], list[str]] = lambda paths: []
+    extra_args: Callable[[Layout], list[str]] = lambda paths: []
 
     @property
     def script(self) -> Path:
@@ -119,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "research.pmg.train", ("prepare", "keywords"),
           settings=lambda c: {"scenario": c.scenario, "train": _section(c, "train", "keywords"),
                               "models": _models(c, "llm", "soft_preference", "diffusion"), "runtime": _runtime(c)},
-          outputs=lambda p: [p.train / "checkpoints"], owned=lambda p: [p.train], folders=lambda p: [p.train],
+          outputs=lambda p: [p.checkpoints], owned=lambda p: [p.train], folders=lambda p: [p.train],
           distributed=True, extra_args=lambda p: ["--resume"]),
     Stage("generate", "research.pmg.generate", ("prepare", "keywords", "train"),
           settings=lambda c: {"scenario": c.scenario, "generate": _section(c, "generate", "data", "keywords", "out"),
@@ -137,8 +112,15 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def wiring(cfg: PMGConfig, paths: Paths) -> list[str]:
-    """``--set`` overrides that make every stage read what the one before it wrote (only where the config is silent)."""
+def pinned(cfg: PMGConfig, paths: Layout) -> list[str]:
+    """``--set`` overrides the pipeline adds to every stage's command, where the config is silent.
+
+    ``generate.soft_checkpoint`` empty means keywords only (the baselines set it so), so generation under the
+    pipeline is pointed at the training output here. The keywords file is where each stage looks anyway
+    (research/pmg/layout.py); it is named all the same, so the configs the stages record (train/config.yaml,
+    evaluate/summary.json) say which file they read, and a run's outputs (checksummed in the stamps) stay byte for
+    byte those of earlier runs.
+    """
     out = []
     if not cfg.train.keywords:
         out.append(f"train.keywords={paths.keywords}")

@@ -15,10 +15,10 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
-from research.pmg.records.samples import PreparedData, Sample
-from research.pmg.images import load_rgb
 from research.pmg.evaluate.methods import read_images
+from research.pmg.images import load_rgb
 from research.pmg.records.keywords import SampleKeywords
+from research.pmg.records.samples import PreparedData, Sample
 from research.pmg.textsafe import md
 
 # Theme -> how the report names its lover; the sticker world's themes (research.pmg.data.sticker_set.THEMES).

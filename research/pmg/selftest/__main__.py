@@ -22,8 +22,8 @@ if str(REPO) not in sys.path:  # msrun runs this file as a script
     sys.path.insert(0, str(REPO))
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
-from research.pmg.files import write_atomic  # noqa: E402
 from research.pmg.errors import PMGError  # noqa: E402
+from research.pmg.files import write_atomic  # noqa: E402
 
 DEFAULT_CONFIG = str(REPO / "configs" / "selftest.yaml")
 PER_WORKER_BATCH = 2

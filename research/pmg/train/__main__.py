@@ -1,18 +1,18 @@
 """``python -m research.pmg.train --config CONFIG [--set k=v] [--resume]``: train the soft preference.
 
-Reads the prepared dataset (``data.out`` or ``<output_dir>/data``) and the keywords file (``train.keywords``
-or ``<output_dir>/keywords/keywords.jsonl``); writes ``<output_dir>/train/`` (config.yaml, train_log.jsonl,
-checkpoints/step-*/ with soft_preference.ckpt for generation), a folder it made itself or an empty one
-(research/pmg/ownership.py). Under ``msrun`` each worker trains on its slice of every global batch and gradients
+Reads the prepared dataset and the keywords file (``train.keywords``, else the keyword stage's output); writes
+``<output_dir>/train/`` (config.yaml, train_log.jsonl, checkpoints/step-*/ with soft_preference.ckpt for
+generation), a folder it made itself or an empty one (research/pmg/ownership.py); paths from
+research/pmg/layout.py. Under ``msrun`` each worker trains on its slice of every global batch and gradients
 are averaged (data parallel).
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
 from research.pmg.errors import error_line
+from research.pmg.layout import Layout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,21 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    layout = Layout.of(cfg)
 
     from research.pmg import ownership
     from research.pmg.runtime import setup_runtime
 
     runtime = setup_runtime(cfg.runtime)
-    out = runtime.output_dir / "train"
+    out = layout.train
     if not args.resume:  # fail fast; with --resume the newest checkpoint there is read first (Trainer.run claims)
         ownership.check(out, "train")
     from research.pmg.records.samples import load_prepared
     from research.pmg.records.keywords import load_keywords
     from research.pmg.train.build import build_trainer
-    from research.pmg.train.loop import NonFiniteLoss
+    from research.pmg.errors import NonFiniteLoss
 
-    prepared = load_prepared(Path(cfg.data.out) if cfg.data.out else runtime.output_dir / "data")
-    keywords = load_keywords(Path(cfg.train.keywords) if cfg.train.keywords else runtime.output_dir / "keywords")
+    prepared = load_prepared(layout.data)
+    keywords = load_keywords(layout.train_keywords)
     trainer = build_trainer(cfg, runtime, prepared, keywords, rank=runtime.rank, world=runtime.world_size)
     try:
         result = trainer.run(out, resume=args.resume, progress=not args.no_progress)

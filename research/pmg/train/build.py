@@ -8,8 +8,8 @@ import mindspore as ms
 
 from research.pmg.config import PMGConfig
 from research.pmg.examples import Keywords, examples_from, tokenize_prompts
-from research.pmg.records.samples import PreparedData
 from research.pmg.integrity import files_fingerprint
+from research.pmg.records.samples import PreparedData
 from research.pmg.runtime import Runtime
 from research.pmg.train import dataset as ds
 from research.pmg.train.loop import Trainer

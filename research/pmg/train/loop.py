@@ -1,36 +1,22 @@
-"""The training loop: batches -> jitted step -> logs, held-out loss, checkpoints, resume."""
+"""The training stage on the shared step loop (research/pmg/loop.py): its batches, log records, held-out loss,
+checkpoints, and the data-parallel workers' parts (rank 0 writes; ownership of the output folder)."""
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
 
 from research.pmg import ownership
+from research.pmg.checkpoints import newest_checkpoint
 from research.pmg.config import PMGConfig, dump_config
 from research.pmg.errors import PMGError
+from research.pmg.loop import Checkpoints, LoopResult, Step, load_newest, run_steps
 from research.pmg.runtime import Runtime
 from research.pmg.train import dataset as ds
-from research.pmg.checkpoints import list_checkpoints
-from research.pmg.train.checkpoint import load_train_checkpoint, save_train_checkpoint
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    steps_done: int
-    losses: list[float] = field(default_factory=list)  # training loss of every step run in this process
-    eval_losses: dict[int, float] = field(default_factory=dict)
-    last_checkpoint: Path | None = None
+from research.pmg.train.checkpoint import load_train_checkpoint, train_checkpoint_files
 
 
 @dataclass
@@ -91,69 +77,53 @@ class Trainer:
             losses.append(float((self.eval_net or self.loss_net)(*inputs).asnumpy()))
         return float(np.mean(losses))
 
-    def run(self, out: Path, resume: bool, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    def run(self, out: Path, resume: bool, progress: bool = True, stop_after: int | None = None) -> LoopResult:
         """Train to ``train.max_steps`` (or ``stop_after`` steps, to simulate an interrupted run in tests).
 
         ``out`` is claimed (research/pmg/ownership.py: checked, marked, locked by rank 0) and ``config.yaml`` written
         only once the checkpoint to resume from has loaded: a run that fails to load leaves no settings behind.
         """
-        start = 0
-        if resume:
-            found = list_checkpoints(out / "checkpoints")
-            if found:
-                meta = load_train_checkpoint(found[-1], self.step_cell, self.frozen_prefixes)
-                start = int(meta["step"])
+        load = lambda path: load_train_checkpoint(path, self.step_cell, self.frozen_prefixes)  # noqa: E731
+        resumed = load_newest(out / "checkpoints", load) if resume else None
+        start = resumed.step if resumed else 0
         with ownership.claim(out, "train", lock=self.rank == 0):
             if self.rank == 0:
                 save_run_config(self.cfg, out)
             return self._train(out, start, progress, stop_after)
 
-    def _train(self, out: Path, start: int, progress: bool, stop_after: int | None) -> TrainResult:
+    def _train(self, out: Path, start: int, progress: bool, stop_after: int | None) -> LoopResult:
         train = self.cfg.train
         ckpt_dir = out / "checkpoints"
-        result = TrainResult(output_dir=out, steps_done=start, last_checkpoint=(list_checkpoints(ckpt_dir) or [None])[-1])
-        if start >= train.max_steps:
-            return result
+        if start >= train.max_steps:  # a finished run: its log stays as it is
+            return LoopResult(start=start, steps_done=start, last_checkpoint=newest_checkpoint(ckpt_dir))
         rows_train = self.arrays.indices("train")
         if len(rows_train) == 0:
             raise PMGError("the prepared dataset has no 'train' samples with keywords")
         global_batch = train.batch_size * self.world
-        bar = _progress(start, train.max_steps, enabled=progress and self.rank == 0)
-        log = _open_log(out / "train_log.jsonl", keep_until=start) if self.rank == 0 else None
-        t0, seen = time.time(), 0
-        for step in range(start, min(train.max_steps, stop_after or train.max_steps)):
+
+        def batches(step: int):
             for micro in range(train.grad_accum_steps):
                 rows = rows_train[ds.batch_indices(len(rows_train), step, micro, train.grad_accum_steps, global_batch,
                                                    self.cfg.runtime.seed)]
-                # [1]: the loss averaged over the workers, not divided by grad_accum_steps (see build_train_step)
-                loss = float(self.step_cell(*self._inputs(rows, step, micro, stream=0))[1].asnumpy())
-                if not math.isfinite(loss):
-                    raise NonFiniteLoss(f"loss is {loss} at step {step + 1}; stopped. Last good checkpoint: "
-                                        f"{result.last_checkpoint or 'none'}")
-                result.losses.append(loss)
-                seen += len(rows)
-            done = step + 1
-            result.steps_done = done
-            record = {"step": done, "loss": loss, "lr": float(self.learning_rates[step])}
-            if (train.eval_every and done % train.eval_every == 0) or done == train.max_steps:
-                ev = self.eval_loss()
+                yield self._inputs(rows, step, micro, stream=0)
+
+        def record(step: Step) -> dict:
+            line = {"step": step.done, "loss": step.loss, "lr": float(self.learning_rates[step.done - 1])}
+            if (train.eval_every and step.done % train.eval_every == 0) or step.done == train.max_steps:
+                ev = self.eval_loss()  # on every worker: the held-out loss is averaged over them
                 if ev is not None:
-                    result.eval_losses[done] = record["eval_loss"] = ev
-            if (train.save_every and done % train.save_every == 0) or done in (train.max_steps, stop_after):
-                if self.rank == 0:
-                    meta = {"step": done, "loss": loss, "config": self.cfg.source}
-                    result.last_checkpoint = save_train_checkpoint(ckpt_dir, self.step_cell, self.encoder,
-                                                                   self.frozen_prefixes, meta, train.keep_last)
-            if log is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{seen / max(time.time() - t0, 1e-9):.1f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
+                    line["eval_loss"] = ev
+            return line
+
+        checkpoints = Checkpoints(ckpt_dir, train.save_every, train.keep_last,
+                                  files=lambda: train_checkpoint_files(self.step_cell, self.encoder,
+                                                                       self.frozen_prefixes),
+                                  meta=lambda step: {"config": self.cfg.source}, write=self.rank == 0)
+        result = run_steps(self.step_cell, batches, start=start, max_steps=train.max_steps, stop_after=stop_after,
+                           record=record, checkpoints=checkpoints,
+                           log_path=out / "train_log.jsonl" if self.rank == 0 else None,
+                           progress=progress and self.rank == 0,
+                           samples_per_step=global_batch * train.grad_accum_steps)
         if self.world > 1:  # data-parallel replicas must agree; each worker's log shows its own checksum
             print(f"rank {self.rank}: trainable checksum {trainable_checksum(self.encoder)}", flush=True)
         return result
@@ -167,23 +137,6 @@ def trainable_checksum(encoder) -> str:
             digest.update(name.encode())
             digest.update(param.asnumpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _open_log(path: Path, keep_until: int):
-    """The per-step JSONL log, without the lines of steps a resumed run is about to redo."""
-    kept = []
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until]
-    path.write_text("".join(line + "\n" for line in kept))
-    return path.open("a")
-
-
-def _progress(start: int, total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
 def save_run_config(cfg: PMGConfig, out: Path) -> None:
