@@ -154,6 +154,13 @@ CASES: dict[str, Case] = {
                                       files={"k/keywords.jsonl": "my own keywords\n"}),
     "keywords-cache-in-a-user-folder": Case(KEYWORDS, lambda w, r: _keywords(w, r, "o/kw.jsonl", cache="c"),
                                             target="c", files={"c/part-0.jsonl": "my own lines\n"}),
+    # the runtime wrote MindSpore/MindFormers logs and caches into whatever folder runtime.log_dir/cache_dir named
+    "log-dir-is-a-user-folder": Case(
+        GENERATE, lambda w, r: [*_generate(w, r, "g"), "--set", f"runtime.log_dir={w / 'mine'}"], target="mine",
+        files={"mine/diary.txt": "keep\n"}),
+    "cache-dir-is-another-stage-folder": Case(
+        GENERATE, lambda w, r: [*_generate(w, r, "g"), "--set", f"runtime.cache_dir={w / 'd'}"], target="d",
+        names=("holds the outputs of the prepare stage",), setup=lambda w, r: shutil.copytree(r / "data", w / "d")),
     "train-into-a-user-folder": Case(TRAIN, _train, target="r/train",
                                      files={"r/train/config.yaml": "mine: true\n", "r/train/notes.txt": "keep\n"}),
     # the pipeline wrote report.md over the user's own when its report had not run in that folder

@@ -74,7 +74,7 @@ def test_a_crash_while_writing_keeps_the_previous_output(tmp_path):
     run("stickers", SAMPLE_ROOT / "stickers", tmp_path / "out")
     before = tree_bytes(tmp_path / "out")
     with pytest.raises(RuntimeError):
-        with staged_dir(tmp_path / "out") as staging:
+        with staged_dir(tmp_path / "out", marker=".pmg-owned") as staging:
             (staging / "samples.jsonl").write_text('{"half": ')
             raise RuntimeError("killed")
     assert tree_bytes(tmp_path / "out") == before

@@ -108,3 +108,30 @@ def test_bundled_sticker_sample_uses_real_twemoji(tmp_path):
     assert report.issues == [] and summary["counts"]["samples"] >= 20
     got = items(tmp_path / "out")
     assert all(item["attributes"]["source"] == "twemoji" for item in got.values())
+
+
+@needs_twemoji
+def test_the_builders_replace_only_folders_they_made(tmp_path):
+    """A user's folder that merely holds a file of the same name as the builder's output (stickers.jsonl, or any
+    file for the sample) is refused and left as it was; a folder the builder made is rebuilt in place."""
+    from research.pmg.data.sample import build_sample
+    from research.pmg.data.sticker_set import build_sticker_set
+    from research.pmg.ownership import OwnershipError
+    from tests.data_fixtures import tree_bytes
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "stickers.jsonl").write_text("my own stickers\n")
+    (mine / "thesis.tex").write_text("precious\n")
+    before = tree_bytes(mine)
+    with pytest.raises(OwnershipError, match=f"{mine}: exists, is not empty"):
+        build_sticker_set(mine, users=2, events=2, per_theme=1, seed=0)
+    with pytest.raises(OwnershipError, match=f"{mine}: exists, is not empty"):
+        build_sample(mine)
+    assert tree_bytes(mine) == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+    made = tmp_path / "made"
+    build_sticker_set(made, users=2, events=2, per_theme=1, seed=0)
+    first = tree_bytes(made)
+    build_sticker_set(made, users=2, events=2, per_theme=1, seed=0)
+    assert tree_bytes(made) == first and ".pmg-owned" in first

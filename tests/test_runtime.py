@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from research.pmg import ownership
 from research.pmg.config import ConfigError, RuntimeConfig
 from research.pmg.runtime import (OFFLINE_ENV, prepare_environment, requested_device_id, resolve_flash_attention,
                                  resolve_loss_scale, resolve_precision, setup_runtime)
@@ -103,6 +104,18 @@ def test_prepare_environment_sets_offline_and_log_folders(tmp_path, monkeypatch)
     assert all(os.environ[k] == "1" for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
     assert os.environ["LOCAL_DEFAULT_PATH"] == str(out)
     assert os.environ["LOG_MF_PATH"] == str(log / "mindformers")
+    assert (ownership.owner(log), ownership.owner(cache)) == ("log", "cache")
+    assert prepare_environment(RuntimeConfig(output_dir=str(tmp_path / "out")))[1] == log  # its own: accepted again
+
+
+def test_a_log_or_cache_folder_the_project_did_not_make_is_refused(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "diary.txt").write_text("keep\n")
+    for field in ("log_dir", "cache_dir"):
+        with pytest.raises(ownership.OwnershipError, match=f"{mine}: exists, is not empty"):
+            prepare_environment(RuntimeConfig(output_dir=str(tmp_path / "out"), **{field: str(mine)}))
+    assert sorted(p.name for p in mine.iterdir()) == ["diary.txt"]
 
 
 def test_setup_runtime_in_a_fresh_process_keeps_logs_out_of_the_working_directory(tmp_path):

@@ -76,14 +76,15 @@ def _named(exc: OSError, path: str | os.PathLike) -> OSError:
 
 
 @contextmanager
-def staged_dir(out: str | os.PathLike, marker: str = "summary.json") -> Iterator[Path]:
+def staged_dir(out: str | os.PathLike, *, marker: str) -> Iterator[Path]:
     """Build a whole output folder beside ``out`` and swap it in only when everything was written.
 
     A crash leaves ``<out>.partial`` (removed by the next run) and the previous ``out`` untouched, never a
     folder with some files new and some old. Write files inside with :func:`write_synced` or
     :func:`write_atomic` so that their bytes are on disk before the folder is swapped in. ``out`` may be
     missing, empty, or a folder written this way before (it holds ``marker``); anything else is refused
-    rather than deleted.
+    rather than deleted. Stages call it through :func:`research.pmg.ownership.staged`, whose marker is the
+    project's ownership marker.
     """
     out = Path(out)
     if out.exists():

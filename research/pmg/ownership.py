@@ -93,6 +93,16 @@ def mark(folder: Path, stage: str) -> None:
                                                "only while this file is here"}, indent=1) + "\n")
 
 
+def adopt(folder: str | os.PathLike, stage: str) -> Path:
+    """Make ``folder`` ``stage``'s without a lock: checked (:func:`check`), created and marked. For folders several
+    runs write into side by side, such as the log and cache folders of the runtime."""
+    folder = Path(folder)
+    check(folder, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    mark(folder, stage)
+    return folder
+
+
 @contextlib.contextmanager
 def claim(folder: str | os.PathLike, stage: str, *, lock: bool = True) -> Iterator[Path]:
     """Make ``folder`` ``stage``'s working folder for the duration: checked (:func:`check`), created, locked

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from research.pmg import ownership
 from research.pmg.config import ConfigError, RuntimeConfig
 from research.pmg.layout import runtime_dirs
 
@@ -144,11 +145,16 @@ def requested_device_id(cfg: RuntimeConfig) -> Optional[int]:
 def prepare_environment(cfg: RuntimeConfig) -> tuple[Path, Path, Path]:
     """Set offline and log-folder environment variables and create the output folders.
 
+    The log and cache folders are marked as the project's (``.pmg-owned``); an existing one that is not (a user's
+    folder given as ``runtime.log_dir``/``cache_dir``, or another stage's) is refused with :class:`~research.pmg.ownership.OwnershipError`.
+
     Safe to call before MindSpore is imported; returns (output_dir, log_dir, cache_dir).
     """
     output_dir, log_dir, cache_dir = runtime_dirs(cfg)
-    for folder in (output_dir, log_dir, cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)  # a container: each stage checks the folder it writes in it
+    # MindSpore, MindFormers and the caches write into these: only into folders this project made (ownership.py).
+    ownership.adopt(log_dir, "log")
+    ownership.adopt(cache_dir, "cache")
     os.environ.update(OFFLINE_ENV)
     # MindFormers writes <LOCAL_DEFAULT_PATH>/log and LOG_MF_PATH; MindSpore's glog writes GLOG_log_dir.
     os.environ["LOCAL_DEFAULT_PATH"] = str(output_dir)

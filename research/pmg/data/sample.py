@@ -21,10 +21,11 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from research.pmg import ownership
 from research.pmg.data.movielens import GENRES_100K
 from research.pmg.data.sticker_set import build_sticker_set
 from research.pmg.errors import DataError, error_line
-from research.pmg.files import staged_dir, write_atomic, write_synced
+from research.pmg.files import write_atomic, write_synced
 from research.pmg.scenarios import SAMPLE_ROOT
 
 README = """# Bundled sample data
@@ -59,9 +60,8 @@ CHINESE_COLOURS = {"red": "红色", "blue": "蓝色", "green": "绿色", "black"
 
 
 def build_sample(root: str | Path = SAMPLE_ROOT, seed: int = 0) -> None:
-    """Write all four scenario folders below ``root`` (replacing them)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    """Write all four scenario folders below ``root`` (replacing them), only into folders this project made."""
+    root = ownership.adopt(root, "sample")
     _write_pog(root / "pog", random.Random(f"pog:{seed}"))
     movies, ratings = _movie_data(random.Random(f"movielens:{seed}"))
     _write_movielens_latest(root / "movielens", movies, ratings)
@@ -240,7 +240,7 @@ def _jpeg(img: Image.Image) -> bytes:
 
 def _write_raw(folder: Path, files: dict[str, str], write_images) -> None:
     """Replace ``folder`` with the given text files and an ``images/`` folder filled by ``write_images``."""
-    with staged_dir(folder, marker=next(iter(files))) as staging:
+    with ownership.staged(folder, "sample") as staging:
         (staging / "images").mkdir()
         write_images(staging / "images")
         for name, text in files.items():

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from research.pmg import ownership
 from research.pmg.data.stickers import CONVERSATION_FILE, STICKER_FILE
 from research.pmg.errors import DataError, error_line
-from research.pmg.files import staged_dir, to_jsonl, write_atomic, write_synced
+from research.pmg.files import to_jsonl, write_atomic, write_synced
 
 
 def _words(name: str) -> set[str]:
@@ -153,7 +154,7 @@ def build_sticker_set(out: str | Path, *, users: int = 24, events: int = 12, per
             chat = rng.choice(CHATS[theme]) if rng.random() < 0.7 else rng.choice(SMALL_TALK)
             uses.append({"user_id": user_id, "time": time, "sticker": sticker.id, "conversation": list(chat)})
 
-    with staged_dir(out, marker=STICKER_FILE) as staging:
+    with ownership.staged(out, "sticker_set") as staging:
         (staging / "images").mkdir()
         for sticker in stickers:
             write_synced(staging / "images" / f"{sticker.id}.png", (png_dir / f"{sticker.id}.png").read_bytes())

@@ -298,7 +298,9 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _lock(self):
-        """The state folder (stamps) and the pipeline's log folder, claimed; the state folder's lock held."""
+        """The state folder (stamps) and the pipeline's log folder, claimed; the state folder's lock held. The log
+        folder that holds the pipeline's is the runtime's, as the stages' runtime adopts it."""
+        ownership.adopt(self.paths.logs, "log")
         with ownership.claim(self.paths.state, "pipeline"), \
                 ownership.claim(self.paths.stage_logs, "pipeline", lock=False):
             yield
