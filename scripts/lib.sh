@@ -36,3 +36,37 @@ pmg_msrun() {
   msrun --worker_num=$((nproc * ${NNODES:-1})) --local_worker_num="$nproc" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
     --master_port="${MASTER_PORT:-$port}" --node_rank="${NODE_RANK:-0}" --log_dir="$log_dir" --join=True "$@"
 }
+
+# pmg_log_dir NAME ARGS...: where msrun writes its worker logs for the config in ARGS (--config, --set):
+# <runtime log folder>/msrun_NAME (research/pmg/layout.py), unless LOG_DIR is set. A bad config ends here with
+# its one error: line, before msrun starts.
+pmg_log_dir() {
+  if [ -n "${LOG_DIR:-}" ]; then echo "$LOG_DIR"; return; fi
+  python - "$@" <<'PY'
+import sys
+
+from research.pmg.cli import run
+from research.pmg.config import load_config
+from research.pmg.layout import Layout
+
+
+def main(argv):
+    name, args, config, overrides = argv[0], argv[1:], None, []
+    for i, arg in enumerate(args):
+        for flag in ("--config", "--set"):
+            if arg == flag and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg[len(flag) + 1:]
+            else:
+                continue
+            if flag == "--config":
+                config = value
+            else:
+                overrides.append(value)
+    print(Layout.of(load_config(config, overrides)).logs / f"msrun_{name}")
+
+
+sys.exit(run(main, sys.argv[1:]))
+PY
+}

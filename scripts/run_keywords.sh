@@ -4,7 +4,7 @@
 #   bash scripts/run_keywords.sh --nproc 8 --config configs/pog.yaml      # 8 data-parallel workers (msrun)
 # --nproc N starts N workers on this node with msrun; each takes every N-th sample and worker 0 merges the
 # output. Several nodes: run the same command on each with NNODES, NODE_RANK and MASTER_ADDR set.
-# MASTER_PORT (default 8118) and LOG_DIR (default output/msrun_keywords) set msrun's port and log folder.
+# MASTER_PORT (default 8118) and LOG_DIR (default <runtime log folder>/msrun_keywords) set msrun's port and logs.
 # Relative paths are relative to where you run this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,4 +17,5 @@ if [ "$nproc" -eq 1 ] && [ "${NNODES:-1}" -eq 1 ]; then
 fi
 # msrun runs the file in every worker and in its scheduler process; with --join it echoes worker 0's log,
 # which ends with the summary (worker 0 merges the output).
-pmg_msrun 8118 "${LOG_DIR:-output/msrun_keywords}" "$root/research/pmg/keywords/__main__.py" "${args[@]}"
+log_dir="$(pmg_log_dir keywords "${args[@]}")"
+pmg_msrun 8118 "$log_dir" "$root/research/pmg/keywords/__main__.py" "${args[@]}"

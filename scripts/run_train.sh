@@ -6,7 +6,7 @@
 # train, generate, evaluate, report). With a config it trains on that config's prepared data and keywords
 # (run scripts/run_prepare.sh and scripts/run_keywords.sh first).
 # --nproc N: N data-parallel workers on this node via msrun (several nodes: NNODES, NODE_RANK, MASTER_ADDR).
-# MASTER_PORT (default 8128) and LOG_DIR (default <output_dir>/log/msrun_train) set msrun's port and logs.
+# MASTER_PORT (default 8128) and LOG_DIR (default <runtime log folder>/msrun_train) set msrun's port and logs.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/lib.sh"
@@ -31,6 +31,6 @@ fi
 if [ "$nproc" -eq 1 ] && [ "${NNODES:-1}" -eq 1 ]; then
   exec python -m research.pmg.train --config "$config" "${args[@]}"
 fi
-log_dir="${LOG_DIR:-output/log/msrun_train}"
+log_dir="$(pmg_log_dir train --config "$config" "${args[@]}")"
 pmg_msrun 8128 "$log_dir" "$root/research/pmg/train/__main__.py" --config "$config" --no-progress "${args[@]}"
 tail -n 3 "$log_dir/worker_0.log" 2>/dev/null || true

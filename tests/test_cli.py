@@ -35,3 +35,30 @@ def test_bugs_are_not_swallowed():
 
     with pytest.raises(RuntimeError, match="a bug"):
         run(broken, [])
+
+
+def test_the_launchers_put_msrun_logs_in_the_config_s_log_folder(tmp_path):
+    """scripts/lib.sh ``pmg_log_dir``: msrun's worker logs go where the runtime logs (research/pmg/layout.py), for
+    the config and --set items the launcher passes on; LOG_DIR wins; a bad config is one error line, exit 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("LOG_DIR", None)
+
+    def log_dir(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        script = f'root={repo}; source "$root/scripts/lib.sh"; pmg_log_dir "$@"'
+        return subprocess.run(["bash", "-c", script, "bash", *args], cwd=repo, env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+
+    out = log_dir("train", "--config", str(TINY_CONFIG), "--set", f"runtime.output_dir={tmp_path}")
+    assert out.stdout.strip() == str(tmp_path / "log" / "msrun_train"), out.stderr
+    out = log_dir("keywords", f"--config={TINY_CONFIG}", "--set", f"runtime.log_dir={tmp_path / 'logs'}", "--data", "d")
+    assert out.stdout.strip() == str(tmp_path / "logs" / "msrun_keywords"), out.stderr
+    assert log_dir("train", "--config", str(TINY_CONFIG), LOG_DIR="/x").stdout.strip() == "/x"
+    bad = log_dir("train", "--config", str(TINY_CONFIG), "--set", "train.lr=-1")
+    assert bad.returncode == USER_ERROR_EXIT and bad.stderr.strip().splitlines() == [
+        f"error: {TINY_CONFIG}: train.lr: must be > 0"]
