@@ -18,6 +18,7 @@ from PIL import Image
 from research.pmg.config import load_config
 from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.evaluate.methods import MANIFEST, plan_methods, read_images
+from research.pmg.layout import Layout
 from tests.tiny_models import REPO, TINY_CONFIG
 
 METHODS = ["no_personalization", "keywords_only", "soft_only", "pmg"]
@@ -169,3 +170,20 @@ def test_a_method_that_retrains_generates_with_its_own_soft_preference(config, t
         settings = [generate[i + 1] for i, arg in enumerate(generate) if arg == "--set"]
         used = load_config(config, settings).generate.soft_checkpoint
         assert Path(used) == plan.run_dir / "train", f"{plan.name} generates with {used}"
+
+
+def test_a_method_run_writes_its_images_in_its_own_folder_when_the_main_run_names_one(tmp_path, monkeypatch):
+    """``generate.out`` of the main run (config or --set) must not reach a method run: every run would write into
+    the main run's image folder. A method run generates into ``<run_dir>/generate``, where it is scored from."""
+    monkeypatch.chdir(REPO)
+    config = "configs/mini/results.yaml"
+    pinned = [f"generate.out={tmp_path / 'images'}"]
+    for plan in plan_methods(load_config(config, pinned).evaluate, output_dir=tmp_path,
+                             main_images=tmp_path / "images" / "manifest.jsonl", config=config, overrides=pinned):
+        if plan.run_dir is None:
+            assert plan.images == tmp_path / "images" / "manifest.jsonl"
+            continue
+        generate = plan.commands[-1]
+        settings = [generate[i + 1] for i, arg in enumerate(generate) if arg == "--set"]
+        assert Layout.of(load_config(config, settings)).generate / "manifest.jsonl" == plan.images, plan.name
+

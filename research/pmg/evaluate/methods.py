@@ -141,7 +141,8 @@ def plan_methods(ecfg: EvaluateConfig, *, output_dir: Path, main_images: Path, c
 
             settings = [*overrides, *map(fill, ecfg.run_overrides), *map(fill, method.overrides),
                         f"runtime.output_dir={run_dir}", f"runtime.cache_dir={output_dir / 'cache'}"]
-            load_config(config, settings)
+            if load_config(config, settings).generate.out:  # the main run's own folder: the run writes its own
+                settings.append("generate.out=")
             flags = ["--config", config, *(x for item in settings for x in ("--set", item))]
             stages = (("train", "generate") if method.trains else ("generate",))
             commands = tuple((sys.executable, "-m", f"research.pmg.{stage}", *flags) for stage in stages)
