@@ -48,7 +48,7 @@ class TrainConfig:
         check(0 <= self.min_lr_ratio <= 1, where, "min_lr_ratio", "must be in [0, 1]")
         check_range(self.grad_accum_steps, 1, 1 << 16, where, "grad_accum_steps")
         check(self.grad_clip >= 0, where, "grad_clip", "must be >= 0")
-        check(0 < self.initial_loss_scale <= 2.0 ** 32, where, "initial_loss_scale", "must be in (0, 2**32]")
+        check(1 <= self.initial_loss_scale <= 2.0 ** 32, where, "initial_loss_scale", "must be in [1, 2**32]")
         check(self.negative_weight >= 0, where, "negative_weight", "must be >= 0 (0 = off)")
         for name in ("eval_every", "save_every", "log_every"):
             check_range(getattr(self, name), 0, 10 ** 9, where, name)

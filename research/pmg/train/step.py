@@ -73,7 +73,7 @@ def build_train_step(loss_net: PMGDiffusionLoss, train: TrainConfig, precision: 
     ``scaled_loss`` is divided by ``grad_accum_steps`` and is this worker's alone.
     """
     from mindone.diffusers.training_utils import TrainStep
-    from mindspore.amp import DynamicLossScaler, StaticLossScaler
+    from mindspore.amp import DynamicLossScaler
 
     class _Step(TrainStep):
         def __init__(self, *args, **kwargs):
@@ -89,7 +89,9 @@ def build_train_step(loss_net: PMGDiffusionLoss, train: TrainConfig, precision: 
     lr = learning_rates(train)
     optimizer = nn.AdamWeightDecay(params, learning_rate=ms.Tensor(lr), weight_decay=train.weight_decay)
     loss_scale = resolve_loss_scale(train.loss_scale, precision)
-    scaler = {"none": None, "static": StaticLossScaler(train.initial_loss_scale),
+    # "static" is a dynamic scaler that never changes its scale (factor 1): MindONE's GradScaler skips the optimizer
+    # step on overflowing gradients only for a DynamicLossScaler; with a StaticLossScaler it applies inf/nan.
+    scaler = {"none": None, "static": DynamicLossScaler(train.initial_loss_scale, 1, 1),
               "dynamic": DynamicLossScaler(train.initial_loss_scale, 2, 1000)}[loss_scale]
     step = _Step(loss_net, optimizer, loss_scaler=scaler, max_grad_norm=train.grad_clip or None,
                  gradient_accumulation_steps=train.grad_accum_steps,
