@@ -45,26 +45,15 @@ pmg_log_dir() {
   python - "$@" <<'PY'
 import sys
 
-from research.pmg.cli import run
-from research.pmg.config import load_config
+from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run
 from research.pmg.layout import Layout
 
 
 def main(argv):
-    name, args, config, overrides = argv[0], argv[1:], None, []
-    for i, arg in enumerate(args):
-        for flag in ("--config", "--set"):
-            if arg == flag and i + 1 < len(args):
-                value = args[i + 1]
-            elif arg.startswith(flag + "="):
-                value = arg[len(flag) + 1:]
-            else:
-                continue
-            if flag == "--config":
-                config = value
-            else:
-                overrides.append(value)
-    print(Layout.of(load_config(config, overrides)).logs / f"msrun_{name}")
+    parser = ArgumentParser(allow_abbrev=False, add_help=False)  # only --config and --set; the stage reads the rest
+    add_config_args(parser, required=False)
+    args, _ = parser.parse_known_args(argv[1:])
+    print(Layout.of(config_from_args(args)).logs / f"msrun_{argv[0]}")
 
 
 sys.exit(run(main, sys.argv[1:]))

@@ -19,23 +19,28 @@ def to_jsonl(records: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``("file:line", object)`` for each non-empty line of a JSONL file."""
+def read_jsonl(path: Path, error: type[Exception] = DataError, hint: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``("file:line", object)`` for each non-empty line of a JSONL file.
+
+    A missing file or a line that is not UTF-8 JSON raises ``error`` (one of the reader's own error classes),
+    naming file and line; ``hint`` (what may have caused it) is appended to the line's message.
+    """
+    suffix = f" ({hint})" if hint else ""
     if not path.is_file():
-        raise DataError(f"{path}: not found")
+        raise error(f"{path}: not found")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise DataError(f"{where}: not UTF-8 text") from None
+                raise error(f"{where}: not UTF-8 text{suffix}") from None
             if not text.strip():
                 continue
             try:
                 yield where, json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+                raise error(f"{where}: not valid JSON: {exc.msg} (column {exc.colno}){suffix}") from None
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

@@ -88,22 +88,17 @@ class LoopResult:
         return {r["step"]: r["eval_loss"] for r in self.records if r["step"] > self.start and "eval_loss" in r}
 
 
-def stopped_message(loss: float, step: int, last_checkpoint: Path | None) -> str:
-    """What :class:`NonFiniteLoss` says, unless the caller words it otherwise."""
-    return f"loss is {loss} at step {step}; stopped. Last good checkpoint: {last_checkpoint or 'none'}"
-
-
 def run_steps(step_cell, batches: Callable[[int], Iterable[Sequence]], *, start: int, max_steps: int,
               stop_after: int | None, record: Callable[[Step], dict | None], checkpoints: Checkpoints,
-              log_path: Path | None, nonfinite: Callable[[float, int, Path | None], str] = stopped_message,
-              progress: bool = False, samples_per_step: int = 0) -> LoopResult:
+              log_path: Path | None, name: str = "", progress: bool = False, samples_per_step: int = 0) -> LoopResult:
     """Run ``step_cell(*inputs)`` for each micro-batch ``inputs`` of ``batches(step)``, steps ``[start, end)``.
 
     ``end`` is ``max_steps``, or ``stop_after`` when that is smaller (an interrupted run, in tests). ``step_cell``
     returns ``(scaled_loss, loss)`` as build_train_step's does; optimizer updates happen inside it. After each step
     ``record(step)`` returns the step's log record (None: no record this step), a checkpoint is written when due,
     then the record is appended to ``log_path`` (None: no log, as on all data-parallel workers but one). The log
-    first loses the records of the steps this run redoes. ``progress`` shows a tqdm bar with the loss and
+    first loses the records of the steps this run redoes. A NaN/Inf loss raises :class:`NonFiniteLoss`, its message
+    starting with ``name`` (which model) when given. ``progress`` shows a tqdm bar with the loss and
     ``samples_per_step`` samples per step per second.
     """
     end = min(max_steps, stop_after or max_steps)
@@ -120,7 +115,8 @@ def run_steps(step_cell, batches: Callable[[int], Iterable[Sequence]], *, start:
                 # [1]: the loss averaged over the workers, not divided by grad_accum_steps (see build_train_step)
                 loss = float(step_cell(*inputs)[1].asnumpy())
                 if not math.isfinite(loss):
-                    raise NonFiniteLoss(nonfinite(loss, step + 1, result.last_checkpoint))
+                    raise NonFiniteLoss(f"{name + ': ' if name else ''}loss is {loss} at step {step + 1}; stopped. "
+                                        f"Last good checkpoint: {result.last_checkpoint or 'none'}")
                 result.losses.append(loss)
             done = result.steps_done = step + 1
             window.append(loss)

@@ -28,7 +28,7 @@ from pathlib import Path
 from research.pmg import ownership
 from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.errors import PMGError
-from research.pmg.files import write_atomic
+from research.pmg.files import read_jsonl, write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MANIFEST = Path("generate") / "manifest.jsonl"
@@ -85,32 +85,24 @@ def read_images(source: str | os.PathLike) -> dict[str, Path]:
 def read_manifest(path: Path) -> dict[str, Path]:
     """Sample id -> image of a JSONL manifest (see the module docstring); lines with ``"chosen": false`` skipped."""
     found: dict[str, Path] = {}
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise MethodImagesError(f"{where}: not valid JSON: {exc} (an interrupted generation run? resuming it "
-                                        "repairs its manifest)") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("sample"), str) \
-                    or not isinstance(obj.get("image"), str) or not obj["image"]:
-                raise MethodImagesError(f"{where}: expected an object with string fields 'sample' and 'image'")
-            chosen = obj.get("chosen")
-            if chosen is not None and not isinstance(chosen, int):
-                raise MethodImagesError(f"{where}: field 'chosen' must be true/false (a candidate's line) or an "
-                                        "index (a sample's record, whose 'image' is the chosen one)")
-            if chosen is False:  # a candidate that was not chosen is not the method's image
-                continue
-            if obj["sample"] in found:
-                raise MethodImagesError(f"{where}: sample {obj['sample']!r} has a second image line")
-            image = Path(obj["image"])
-            image = image if image.is_absolute() else path.parent / image
-            if not image.is_file():
-                raise MethodImagesError(f"{where}: image {image} not found")
-            found[obj["sample"]] = image
+    hint = "an interrupted generation run? resuming it repairs its manifest"
+    for where, obj in read_jsonl(path, MethodImagesError, hint):
+        if not isinstance(obj, dict) or not isinstance(obj.get("sample"), str) \
+                or not isinstance(obj.get("image"), str) or not obj["image"]:
+            raise MethodImagesError(f"{where}: expected an object with string fields 'sample' and 'image'")
+        chosen = obj.get("chosen")
+        if chosen is not None and not isinstance(chosen, int):
+            raise MethodImagesError(f"{where}: field 'chosen' must be true/false (a candidate's line) or an "
+                                    "index (a sample's record, whose 'image' is the chosen one)")
+        if chosen is False:  # a candidate that was not chosen is not the method's image
+            continue
+        if obj["sample"] in found:
+            raise MethodImagesError(f"{where}: sample {obj['sample']!r} has a second image line")
+        image = Path(obj["image"])
+        image = image if image.is_absolute() else path.parent / image
+        if not image.is_file():
+            raise MethodImagesError(f"{where}: image {image} not found")
+        found[obj["sample"]] = image
     return found
 
 

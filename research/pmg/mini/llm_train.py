@@ -400,8 +400,7 @@ def train(cfg: MiniLLMConfig, runtime, prepared: Prepared, out: Path, *, resume:
                               files=lambda: checkpoint_files(step_cell, model), meta=meta)
     result = run_steps(step_cell, batches, start=resumed.step if resumed else 0, max_steps=tcfg.max_steps,
                        stop_after=stop_after, record=record, checkpoints=checkpoints, log_path=out / "train_log.jsonl",
-                       nonfinite=lambda loss, step, last: f"loss is {loss} at step {step}; last good checkpoint: "
-                                                          f"{last or 'none'}")
+                       name="mini LLM")
     return result, model
 
 

@@ -52,8 +52,7 @@ def train(name: str, step_cell: nn.Cell, batch: Callable[[int], Sequence[ms.Tens
                               files=lambda: {STATE_FILE: step_state(step_cell)}, meta=lambda step: {"run": name})
     return run_steps(step_cell, lambda step: [batch(step)], start=start, max_steps=optim.max_steps,
                      stop_after=stop_after, record=record, checkpoints=checkpoints, log_path=out / "train_log.jsonl",
-                     nonfinite=lambda loss, step, last: f"{name}: loss is {loss} at step {step}; last good checkpoint: "
-                                                        f"{last}")
+                     name=name)
 
 
 def run_metrics(run: LoopResult) -> dict:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from research.pmg.errors import PMGError
+from research.pmg.files import read_jsonl
 
 FORMAT_VERSION = 1
 SAMPLE_STATUSES = ("ok", "partial", "failed")
@@ -76,19 +77,11 @@ def load_keywords(path: str | os.PathLike) -> dict[str, SampleKeywords]:
         if version != FORMAT_VERSION:
             raise KeywordsFileError(f"{summary}: format_version {version!r}, this code reads {FORMAT_VERSION}")
     out: dict[str, SampleKeywords] = {}
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise KeywordsFileError(f"{where}: not valid JSON: {exc}") from None
-            entry = _entry(record, where)
-            if entry.id in out:
-                raise KeywordsFileError(f"{where}: sample {entry.id!r} appears twice")
-            out[entry.id] = entry
+    for where, record in read_jsonl(path, KeywordsFileError):
+        entry = _entry(record, where)
+        if entry.id in out:
+            raise KeywordsFileError(f"{where}: sample {entry.id!r} appears twice")
+        out[entry.id] = entry
     return out
 
 
