@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Generate personalized images, balanced by CLIP (research.pmg.generate); arguments go to it, e.g.
+# One user (research.pmg.api): with --user, --history or --request, personalized images for that one history, e.g.
+#   bash scripts/run_infer.sh --user u007                   # PMG-mini (configs/mini/pmg.yaml), a prepared user
+#   bash scripts/run_infer.sh --history 1f431,1f408,1f63a --target 1f370 --n 2
+#   bash scripts/run_infer.sh --request my_request.json --config configs/movielens.yaml
+# writes chosen.png, sheet.png (history | target | candidates | chosen), every candidate and result.json into
+# <runtime.output_dir>/infer/<name> (or --out) and prints the keywords and scores.
+#
+# A whole split (research.pmg.generate) otherwise; arguments go to it, e.g.
 #   bash scripts/run_infer.sh                      # bundled default: tiny models, sticker sample, CPU
 #   bash scripts/run_infer.sh --config configs/pog.yaml --soft-checkpoint output/pog/train
 #   bash scripts/run_infer.sh --config configs/pog.yaml --set generate.weighting=repetition \
@@ -14,6 +21,9 @@ source "$root/scripts/lib.sh"
 pmg_setup
 
 args=("$@")
+for arg in "$@"; do
+  case "$arg" in --user|--user=*|--history|--history=*|--request|--request=*) exec python -m research.pmg.api "${args[@]}" ;; esac
+done
 for arg in "$@"; do
   case "$arg" in --config|--config=*) exec python -m research.pmg.generate "${args[@]}" ;; esac
 done

@@ -166,3 +166,42 @@ def test_held_out_users_personalize_significantly(tmp_path):
     summary = _evaluation(out)
     assert summary["samples"] == 339
     assert all(v.passed for v in verdicts(summary)), [v.detail for v in verdicts(summary)]
+
+
+def test_the_api_gives_the_split_wide_images_and_compiles_nothing_twice(main_job, runtime, tmp_path):
+    """``PMG.personalize`` (research/pmg/api) on prepared samples of the main job returns the split-wide
+    generation's candidates: the same PNG bytes, d_p, d_t, z and choice, for samples at different places in
+    their UNet calls (first of a call, middle, last in a padded call), for PMG and for no personalization (the
+    evaluation's method run). After a method's first call MindSpore compiles no graph for it: the count comes
+    from MindSpore's own compile path (research.pmg.runtime.counting_compiles), not from a clock."""
+    from research.pmg.api import PMG
+    from research.pmg.generate.outputs import read_manifest, save_png
+    from research.pmg.runtime import counting_compiles
+
+    pmg = PMG.from_config(REPO / "configs" / "mini" / "pmg.yaml", [f"runtime.output_dir={main_job}"],
+                          runtime=runtime)
+    assert pmg.soft_checkpoint == str(main_job / "train")  # the main job's training, found by the API's rule
+    runs = {"pmg": main_job / "generate", "no_personalization": main_job / "methods" / "no_personalization" / "generate"}
+    compiles = []
+    for method, positions in (("pmg", (0, 7, 58)), ("no_personalization", (20, 58))):
+        records = sorted(read_manifest(runs[method] / "manifest.jsonl").values(), key=lambda r: r["index"])
+        assert len(records) == 59
+        for position in positions:
+            record = records[position]
+            sample = next(s for s in pmg.data.samples if s.id == record["sample"])
+            with counting_compiles() as compiled:
+                result = pmg.personalize(list(sample.history), sample.target, list(sample.conversation),
+                                         method=method)
+            compiles.append(len(compiled))
+            assert (result.prepared, result.sample, result.soft) == (True, sample.id, method == "pmg")
+            assert result.chosen == record["chosen"], (method, position)
+            for candidate, expected in zip(result.candidates, record["candidates"], strict=True):
+                assert [candidate.k, candidate.m, list(candidate.seed)] == [expected["k"], expected["m"],
+                                                                            expected["seed"]]
+                assert (candidate.d_p, candidate.d_t, candidate.z) == (expected["d_p"], expected["d_t"],
+                                                                       expected["z"]), (method, position)
+                save_png(tmp_path / "png", candidate.image)
+                assert (tmp_path / "png").read_bytes() == (runs[method] / expected["image"]).read_bytes(), \
+                    (method, position, expected["image"])
+    assert compiles[0] > 0 and compiles[3] > 0  # each method's first call builds its graphs ...
+    assert compiles[1:3] == [0, 0] and compiles[4] == 0, compiles  # ... and later calls reuse them

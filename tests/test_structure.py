@@ -7,8 +7,12 @@ Layers, lowest first (README "Layout"):
 - converters: the top-level ``ckpt_convert`` package; it imports only the floor (stages may call it);
 - stages: research/pmg/{data,keywords,train,generate,evaluate}; each imports the floor, the converters and
   itself, never another stage;
+- api: research/pmg/api, PMG as a library (one request through the keyword and generation stages); it imports
+  stages, and the tools that serve requests (the demo) import it;
 - tools: research/pmg/{pipeline,mini,plan,selftest,demo}: they drive stages, so they may import any stage,
-  but not each other.
+  but not each other;
+- the package itself (``research/pmg/__init__.py``) is the public front door: it may import only the api
+  (``from research.pmg import PMG``), and no project module imports it.
 
 Imports are read from the source (every ``import`` statement, including those inside functions), so a lazy
 import cannot hide an edge.
@@ -67,6 +71,10 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 def layer(name: str) -> tuple[str, str]:
     """(layer, unit): the unit is the stage or tool package, or the layer itself."""
     parts = name.split(".")
+    if name == "research.pmg":
+        return "front", "front"
+    if parts[:3] == ["research", "pmg", "api"]:
+        return "api", "api"
     if parts[0] == "ckpt_convert":
         return "converters", "ckpt_convert"
     if len(parts) > 2 and parts[2] in STAGES:
@@ -77,7 +85,8 @@ def layer(name: str) -> tuple[str, str]:
 
 
 ALLOWED = {"floor": {"floor"}, "converters": {"floor", "converters"},
-           "stages": {"floor", "converters", "stages"}, "tools": {"floor", "converters", "stages", "tools"}}
+           "stages": {"floor", "converters", "stages"}, "api": {"floor", "converters", "stages", "api"},
+           "tools": {"floor", "converters", "stages", "api", "tools"}, "front": {"api"}}
 
 
 def graph() -> dict[str, set[str]]:
@@ -149,6 +158,12 @@ def test_the_checks_catch_what_they_are_for():
         "research.pmg.mini.sd_train imports research.pmg.pipeline.runner: one tool imports another"]
     assert layering_violations({"research.pmg.pipeline.users": {"research.pmg.evaluate.methods",
                                                                 "research.pmg.config"}}) == []
+    assert layering_violations({"research.pmg.generate.run": {"research.pmg.api.session"}}) == [
+        "research.pmg.generate.run (stages) imports research.pmg.api.session (api)"]
+    assert layering_violations({"research.pmg.files": {"research.pmg"}}) == [
+        "research.pmg.files (floor) imports research.pmg (front)"]
+    assert layering_violations({"research.pmg.demo.server": {"research.pmg.api.session"},
+                                "research.pmg": {"research.pmg.api"}}) == []
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"a"}}) == [["a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

@@ -7,12 +7,13 @@ say otherwise), and the CPU compatibility layer must be installed before models 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -233,3 +234,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     ms.set_seed(seed)
+
+
+@contextlib.contextmanager
+def counting_compiles() -> Iterator[list[str]]:
+    """A list that collects the name of every graph MindSpore compiles inside the block (cells and ``jit``
+    functions); a graph reused from MindSpore's in-process cache is not counted, and PyNative compiles none.
+
+    It listens where MindSpore itself decides to compile: ``mindspore.common.api._check_recompile`` runs once per
+    new compile, after the cache lookup, in both the cell and the ``jit`` path (MindSpore 2.7's api.py).
+    """
+    from mindspore.common import api
+
+    compiled: list[str] = []
+    original = api._check_recompile
+
+    def check(obj, compile_args, kwargs, full_function_name, *rest):
+        compiled.append(str(full_function_name))
+        return original(obj, compile_args, kwargs, full_function_name, *rest)
+
+    api._check_recompile = check
+    try:
+        yield compiled
+    finally:
+        api._check_recompile = original

@@ -149,10 +149,12 @@ def save_png(path: Path, image: np.ndarray | Image.Image) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def contact_sheet(history: list[Image.Image], candidates: np.ndarray, chosen: int, labels: list[str]) -> Image.Image:
-    """One row: the user's history images | every candidate (the chosen one framed) | the chosen image.
+def contact_sheet(history: list[Image.Image], candidates: np.ndarray, chosen: int, labels: list[str], *,
+                  target: Image.Image | None = None) -> Image.Image:
+    """One row: the user's history images | the target (when given) | every candidate (the chosen one framed) |
+    the chosen image.
 
-    ``history`` are RGB images (:func:`research.pmg.images.load_rgb`), ``candidates`` uint8
+    ``history`` and ``target`` are RGB images (:func:`research.pmg.images.load_rgb`), ``candidates`` uint8
     ``(n, H, W, 3)``; ``labels`` (one per candidate) are printed under them. Every image is framed as the
     evaluation frames it (centred square crop, bicubic) at :data:`SHEET_TILE` pixels.
     """
@@ -164,7 +166,7 @@ def contact_sheet(history: list[Image.Image], candidates: np.ndarray, chosen: in
         return Image.fromarray(fit_square(img, tile, "center_crop"))
 
     shown = [fit(Image.fromarray(c)) for c in candidates]
-    width = 4 * _GAP + (len(history) + len(shown)) * step + tile
+    width = 4 * _GAP + (len(history) + len(shown)) * step + tile + (step + _GAP if target is not None else 0)
     sheet = Image.new("RGB", (width, tile + 2 * _GAP + 2 * _LABEL), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     y = _GAP + _LABEL
@@ -174,6 +176,10 @@ def contact_sheet(history: list[Image.Image], candidates: np.ndarray, chosen: in
         sheet.paste(fit(img), (x, y))
         x += step
     x += _GAP
+    if target is not None:
+        draw.text((x, 2), "target", fill=(0, 0, 0))
+        sheet.paste(fit(target), (x, y))
+        x += step + _GAP
     draw.text((x, 2), "candidates", fill=(0, 0, 0))
     for i, (img, label) in enumerate(zip(shown, labels)):
         if i == chosen:

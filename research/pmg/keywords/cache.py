@@ -36,9 +36,10 @@ def text_sum(text: str) -> str:
 
 
 class AnswerCache:
-    """Answers by key, loaded from every part of ``folder``; :meth:`put_many` appends to part ``rank``."""
+    """Answers by key, loaded from every part of ``folder``; :meth:`put_many` appends to part ``rank`` (a worker's
+    rank, or a name such as ``api`` for a writer that is no worker of a stage run)."""
 
-    def __init__(self, folder: str | os.PathLike, rank: int = 0):
+    def __init__(self, folder: str | os.PathLike, rank: int | str = 0):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise CacheError(f"{self.folder}: the keyword cache must be a folder")
