@@ -105,7 +105,8 @@ def _print(result, folder: Path) -> None:
     source = f"sample {result.sample}" if result.prepared else f"new request {result.sample}"
     print(f"{result.method}: {source}, {len(result.candidates)} candidates, soft preference "
           f"{'on' if result.soft else 'off (keywords only)'}")
-    print(f"  preference keywords: {', '.join(result.preference_keywords) or '(none)'}")
+    unused = " (not used by this method)" if result.method == "no_personalization" else ""
+    print(f"  preference keywords{unused}: {', '.join(result.preference_keywords) or '(none)'}")
     print(f"  target keywords: {', '.join(result.target_keywords) or '(none)'}")
     for c in result.candidates:
         mark = "  <- chosen" if c.chosen else ""
