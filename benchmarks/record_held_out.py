@@ -8,7 +8,7 @@ writes ``benchmarks/records/mini_400/``:
 
     summary.json     the evaluation's summary (the run and world folders written as <run> and <world>)
     per_sample.csv   every sample's scores for PMG and no personalization (what the intervals are computed from)
-    inputs.json      sha256 of what decides the numbers: the config chain, every mini model file, the world
+    inputs.json      what decides the numbers: the resolved config, and the sha256 of every mini model file, the world
                      (raw files), the prepared data, the keywords file and the trained soft preference; the
                      commit, the command, the machine and its load
 
@@ -33,7 +33,7 @@ from research.pmg.integrity import sha256_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD = REPO / "benchmarks" / "records" / "mini_400"
-CONFIGS = ("configs/mini/held_out_400.yaml", "configs/mini/pmg.yaml", "configs/tiny_pipeline.yaml", "configs/tiny.yaml")
+CONFIG = "configs/mini/held_out_400.yaml"
 MODELS = "research/pmg/assets/mini"
 
 
@@ -48,11 +48,22 @@ def tree_digests(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
+def resolved_config() -> dict:
+    """The held-out config as loaded (its base chain applied, defaults filled in), without the two folders a run
+    names on its command line: a comment or a reordering in a YAML file does not change it, a value does."""
+    from research.pmg.config import load_config
+
+    cfg = load_config(REPO / CONFIG).to_dict()
+    cfg["runtime"]["output_dir"] = cfg["data"]["raw"] = "<given>"
+    cfg.pop("source", None)
+    return cfg
+
+
 def inputs(run: Path, world: Path) -> dict:
     """What decides the recorded numbers, as checksums (see the module docstring)."""
     from research.pmg.models.soft_preference import resolve_soft_checkpoint
 
-    return {"configs": {name: sha256_file(REPO / name) for name in CONFIGS},
+    return {"config": resolved_config(),
             "models": tree_digests(REPO / MODELS, skip=("world/",)),
             "world": tree_digests(world),
             "data": tree_digests(run / "data"),
@@ -64,12 +75,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="the output folder of configs/mini/held_out_400.yaml")
     p.add_argument("--world", required=True, help="the raw world folder the run read (data.raw)")
+    p.add_argument("--commit", help="the commit the run was made at (default: HEAD now)")
     p.add_argument("--load", default="", help="the load average during the run, as measured (recorded as given)")
     args = p.parse_args()
     run, world = Path(args.run).resolve(), Path(args.world).resolve()
     summary_text = (run / "evaluate" / "summary.json").read_text(encoding="utf-8")
     per_sample = (run / "evaluate" / "per_sample.csv").read_text(encoding="utf-8")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                           text=True).stdout.strip()
     record = {"inputs": inputs(run, world), "commit": commit,
               "command": ["python -m research.pmg.data.sticker_set --out WORLD --users 400 --events 10 --seed 3",
                           "python -m research.pmg.pipeline --config configs/mini/held_out_400.yaml "

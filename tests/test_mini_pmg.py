@@ -216,7 +216,8 @@ def test_the_recorded_held_out_evaluation_still_holds(tmp_path):
     beyond the CI budget) is recorded in benchmarks/records/mini_400 by benchmarks/record_held_out.py, and
     re-checked here:
 
-    - its inputs are today's: the config chain and every mini model file have the recorded checksums, and the
+    - its inputs are today's: the config resolves to the recorded values, every mini model file has the recorded
+      checksum, and the
       world builder, rebuilt with the recorded command, writes the recorded raw files and prepares the recorded
       samples and items (a change to any of them makes the record stale: run the recorder again);
     - its intervals follow from its per-sample scores (recomputed with research.pmg.evaluate.stats);
@@ -224,7 +225,7 @@ def test_the_recorded_held_out_evaluation_still_holds(tmp_path):
 
     What it cannot see is a code change in keyword extraction, training, generation or scoring that leaves those
     inputs alone; the main-job tests run today's code end to end on the default world."""
-    from benchmarks.record_held_out import CONFIGS, MODELS, tree_digests
+    from benchmarks.record_held_out import MODELS, resolved_config, tree_digests
     from research.pmg.evaluate.stats import paired_comparison
     from research.pmg.integrity import sha256_file
 
@@ -232,7 +233,7 @@ def test_the_recorded_held_out_evaluation_still_holds(tmp_path):
     summary = json.loads((HELD_OUT_RECORD / "summary.json").read_text())
     stale = "benchmarks/records/mini_400 is stale: re-run the held-out job and benchmarks/record_held_out.py"
     inputs = record["inputs"]
-    assert inputs["configs"] == {name: sha256_file(REPO / name) for name in CONFIGS}, stale
+    assert inputs["config"] == resolved_config(), stale
     assert inputs["models"] == tree_digests(REPO / MODELS, skip=("world/",)), stale
     world = tmp_path / "world"
     subprocess.run([sys.executable, "-m", "research.pmg.data.sticker_set", "--out", str(world), "--users", "400",
