@@ -7,6 +7,20 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup_env.sh" requirements-dev.txt
+# The web demo's browser test (tests/test_demo.py) drives Debian's chromium through its chromedriver: installed
+# here from Debian when missing and we are root (CI), never downloaded by the test itself.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's chromium and chromium-driver for the browser test"
+    # a fresh machine has no package lists yet
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null; } \
+      || echo "[setup] could not install chromium: tests/test_demo.py will fail" >&2
+  else
+    echo "[setup] tests/test_demo.py needs /usr/bin/chromium and /usr/bin/chromedriver:" \
+         "sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
 venv="${VENV:-$root/.venv}"
 cd "$root"
 # msrun starts workers with the first python on PATH: make it the venv's.

@@ -10,8 +10,8 @@ from research.pmg.runtime import set_execution_mode, setup_runtime
 # The modules that take longest (pytest --durations on 2 cores), started first so that neither worker is left
 # with a long module at the end. Every other module follows in its usual order.
 LONGEST_FIRST = ("test_mini_pmg", "test_faults", "test_evaluate_methods", "test_train", "test_pipeline",
-                 "test_bad_inputs_outputs", "test_mini_images", "test_selftest", "test_mini_llm", "test_keywords",
-                 "test_bad_inputs_config")
+                 "test_bad_inputs_outputs", "test_demo", "test_mini_images", "test_selftest", "test_mini_llm",
+                 "test_keywords", "test_bad_inputs_config")
 
 
 def pytest_collection_modifyitems(config, items):

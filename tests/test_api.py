@@ -36,7 +36,7 @@ def test_an_unknown_id_is_named_with_its_place(tmp_path):
     items = {"1f431": Item(id="1f431", title="cat face", image="images/1f431.png")}
     item, path = resolve("1f431", items, "history[0]", free_id="x")
     assert item is items["1f431"] and path is None
-    with pytest.raises(RequestError, match=r"^history\[3\]: unknown item id '1f999' \(1 items"):
+    with pytest.raises(RequestError, match=r"^history\[3\]: unknown item id '1f999' \(not among the 1 items"):
         resolve("1f999", items, "history[3]", free_id="x")
 
 

@@ -68,9 +68,8 @@ def resolve(entry: Entry, items: Mapping[str, Item], where: str, *, base: Path |
     """
     if isinstance(entry, str):
         if entry not in items:
-            known = f"{len(items)} items" if items else "no prepared dataset"
-            raise RequestError(f"{where}: unknown item id {short_repr(entry)} ({known}; a free item is "
-                               "a mapping with a title and an image)")
+            known = f"not among the {len(items)} items of the prepared dataset" if items else "no prepared dataset"
+            raise RequestError(f"{where}: unknown item id {short_repr(entry)} ({known})")
         return items[entry], None
     if isinstance(entry, FreeItem):
         entry = {name: getattr(entry, name) for name in FREE_FIELDS}
