@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     sd = sub.add_parser("sd", help="Stable Diffusion 1.x/2.x -> diffusers folder for MindONE",
                         description="A diffusers folder, or a single-file checkpoint plus --config, to a diffusers "
                                     "folder that MindONE (and PMG's models.diffusion.path) loads.")
-    common(sd, "diffusers folder, or a single-file checkpoint (.safetensors)", "output folder")
+    common(sd, "diffusers folder, or a single-file checkpoint (original .safetensors, or MindONE's "
+               "sd_v2-1_768_v-*.ckpt and the like)", "output folder")
     sd.add_argument("--config", help="for a single file: a diffusers folder of the same model giving the configs, "
                                      "tokenizer and scheduler (its weights are not read)")
     sd.add_argument("--ema", action="store_true", help="single file with EMA and non-EMA weights: take the EMA UNet")

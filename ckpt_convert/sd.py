@@ -11,6 +11,11 @@ folder of the same model for the config files, tokenizer and scheduler (its weig
 name correspondence below is derived from the UNet/VAE configs, mirrors ``diffusers``' single-file
 conversion (``convert_ldm_unet_checkpoint`` and friends; the tests check it against MindONE's copy) and
 is explicit, so every original tensor is accounted for: used, or ignored for a stated reason.
+
+MindONE's own checkpoints (``sd_v2-1_768_v-061732d1.ckpt``, ``sd_v1.5-d0ab7146.ckpt``: what the ``ldm`` models of
+mindone's examples/stable_diffusion_v2, and the official PMG code that vendors them, load) are MindSpore ``.ckpt``
+files under the ``ldm`` Cells' parameter names: the original names with MindSpore's layer conventions
+(:func:`mindone_ldm_name`). They convert the same way, with ``--config`` naming the diffusers folder of the model.
 """
 from __future__ import annotations
 
@@ -19,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckpt_convert.sources import (ConversionError, TensorRef, is_torch_pickle, read_hf_weights, read_safetensors,
-                                  read_torch_pickle)
+from ckpt_convert.sources import (ConversionError, TensorRef, checkpoint_format, read_hf_weights, read_mindspore_ckpt,
+                                  read_safetensors, read_torch_pickle, short_list)
 from ckpt_convert.targets import (Summary, Target, atomic_outputs, copy_files, identity_targets, mindone_spec,
                                   out_dtype, read_json, resolve, set_torch_dtype, write_json, write_mindspore_ckpt,
                                   write_safetensors)
@@ -196,6 +201,51 @@ def open_clip_source(name: str, shape: tuple[int, ...]) -> tuple[str, tuple[int,
     raise ConversionError(f"text_encoder: no OpenCLIP single-file name for '{name}'")
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# MindONE's ldm names (a MindSpore port of the original model, saved by mindspore.save_checkpoint)
+# ---------------------------------------------------------------------------------------------------------------------
+# Applied in order to an original name, each at most once. The port differs from the original in three ways:
+# its UNet wraps every convolution in a cell that holds it as ``.conv`` (and splits a ResBlock's in_layers /
+# out_layers Sequential into ``*_norm`` and ``*_conv``); its text encoder (``FrozenCLIPEmbedder``'s TextEncoder, for
+# SD 1.x's CLIP and SD 2.x's OpenCLIP tower alike) has its own module names over OpenCLIP's fused q/k/v layout;
+# and MindSpore's LayerNorm/GroupNorm call their parameters gamma/beta (:data:`_LDM_NORM`).
+_LDM_RENAMES = tuple((re.compile(pattern), replacement) for pattern, replacement in (
+    (r"^(model\.diffusion_model\.input_blocks\.0\.0)\.", r"\1.conv."),
+    (r"\.(in|out)_layers\.0\.", r".\1_layers_norm."),
+    (r"\.in_layers\.2\.", ".in_layers_conv.conv."),
+    (r"\.out_layers\.3\.", ".out_layers_conv.conv."),
+    (r"^(model\.diffusion_model\.(?:.+\.(?:skip_connection|op)|output_blocks\.\d+\.\d+\.conv|out\.2))\.", r"\1.conv."),
+    (r"^cond_stage_model\.model\.token_embedding\.weight$", "cond_stage_model.transformer.embedding_table"),
+    (r"^cond_stage_model\.model\.(positional_embedding$|ln_final\.)", r"cond_stage_model.transformer.\1"),
+    (r"^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\.(?:mlp\.)?",
+     r"cond_stage_model.transformer.transformer_layer.resblocks.\1."),
+    (r"(\.resblocks\.\d+\.attn)\.in_proj_(weight|bias)$", r"\1.attn.in_proj.\2"),
+    (r"(\.resblocks\.\d+\.attn)\.out_proj\.", r"\1.attn.out_proj."),
+))
+_LDM_NORM = re.compile(r"(\.(?:norm\d?|norm_out|in_layers_norm|out_layers_norm|ln_\d|ln_final)|"
+                       r"^model\.diffusion_model\.out\.0)\.(weight|bias)$")
+_LDM_TEXT_LAYER = re.compile(  # an OpenCLIP text layer, original or MindONE name
+    r"cond_stage_model\.(?:model\.transformer|transformer\.transformer_layer)\.resblocks\.(\d+)\.")
+
+
+def mindone_ldm_name(original: str) -> str:
+    """The MindONE ``ldm`` parameter name of an original (CompVis/Stability, OpenCLIP text tower) full name."""
+    for pattern, replacement in _LDM_RENAMES:
+        original = pattern.sub(replacement, original, count=1)
+    return _LDM_NORM.sub(lambda m: m[1] + (".gamma" if m[2] == "weight" else ".beta"), original)
+
+
+def _check_mindone(sources: dict[str, TensorRef], src: Path) -> None:
+    """A MindSpore .ckpt must be a Stable Diffusion of MindONE's ldm (else the plan would list every name)."""
+    parts = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.")
+    absent = [part + "*" for part in parts if not any(name.startswith(part) for name in sources)]
+    if absent:
+        found = sorted({name.split(".", 1)[0] for name in sources})
+        raise ConversionError(f"{src}: a MindSpore checkpoint without MindONE Stable Diffusion parameters "
+                              f"({', '.join(absent)} absent; top-level names: {short_list(found, 5) or 'none'}); "
+                              "only MindONE's ldm Stable Diffusion .ckpt (e.g. sd_v2-1_768_v-*.ckpt) converts here")
+
+
 def _rows(index: int):
     return lambda fused: np.split(fused, 3, axis=0)[index]
 
@@ -204,6 +254,11 @@ _SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alp
                      "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                      "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                      "posterior_mean_coef1", "posterior_mean_coef2", "logvar"}
+
+
+def mindone_ckpt_targets(specs: dict[str, dict], configs: dict[str, dict]) -> list[Target]:
+    """The plan for a MindONE ldm ``.ckpt``: one target per diffusers parameter (``<model>/<name>``) and its source."""
+    return _single_file_targets({}, specs, configs, ema=False, mindone=True)
 
 
 def _folder_ignore(name: str) -> str | None:
@@ -224,7 +279,7 @@ def _single_file_ignore(ema: bool, text_layers: int):
             return "position-id buffers (rebuilt by the model)"
         if name in (_OPEN_CLIP + "text_projection", _OPEN_CLIP + "logit_scale", _OPEN_CLIP + "attn_mask"):
             return "OpenCLIP projection/scale/mask (SD 2 uses the text tower's hidden states only)"
-        layer = re.match(re.escape(_OPEN_CLIP) + r"transformer\.resblocks\.(\d+)\.", name)
+        layer = _LDM_TEXT_LAYER.match(name)
         if layer and int(layer[1]) >= text_layers:
             return "OpenCLIP layers after the one SD 2 takes its text features from"
         return None
@@ -233,22 +288,25 @@ def _single_file_ignore(ema: bool, text_layers: int):
 
 
 def _single_file_targets(sources: dict[str, TensorRef], specs: dict[str, dict], configs: dict[str, dict],
-                         ema: bool) -> list[Target]:
+                         ema: bool, mindone: bool = False) -> list[Target]:
+    """The plan for a single file: original names, or with ``mindone`` MindONE's ldm names of them."""
     targets = []
+    named = mindone_ldm_name if mindone else str
     for name, original in unet_original_names(specs["unet"], configs["unet"]).items():
-        full = "model.diffusion_model." + original
+        full = named("model.diffusion_model." + original)
         if ema:  # the EMA copy flattens the name: model_ema.diffusion_modelinput_blocks00weight
             full = "model_ema." + ("diffusion_model." + original).replace(".", "")
         targets.append(Target(f"unet/{name}", specs["unet"][name], ((full, specs["unet"][name]),)))
     for name, original in vae_original_names(specs["vae"], configs["vae"]).items():
         shape = specs["vae"][name]
         source_shape = shape + (1, 1) if _VAE_CONV_ATTENTION.search(original) else shape
-        targets.append(Target(f"vae/{name}", shape, (("first_stage_model." + original, source_shape),)))
-    open_clip = any(key.startswith(_OPEN_CLIP) for key in sources)
+        targets.append(Target(f"vae/{name}", shape, ((named("first_stage_model." + original), source_shape),)))
+    # MindONE's text encoder has OpenCLIP's layout (fused q/k/v) for SD 1.x's CLIP too
+    open_clip = mindone or any(key.startswith(_OPEN_CLIP) for key in sources)
     for name, shape in specs["text_encoder"].items():
         if open_clip:
             original, source_shape, index = open_clip_source(name, shape)
-            targets.append(Target(f"text_encoder/{name}", shape, ((original, source_shape),),
+            targets.append(Target(f"text_encoder/{name}", shape, ((named(original), source_shape),),
                                   None if index is None else _rows(index)))
         else:
             original = "cond_stage_model.transformer." + name
@@ -265,6 +323,9 @@ def convert(src: str | Path, dst: str | Path, *, config: str | Path | None = Non
             ema: bool = False, variant: str = "", ckpt: bool = False, allow_pickle: bool = False,
             overwrite: bool = False) -> Summary:
     """Convert a diffusers folder or a single-file checkpoint ``src`` into the diffusers folder ``dst``.
+
+    A single file is an original-layout ``.safetensors`` (or, with ``allow_pickle``, a PyTorch file) or MindONE's
+    ldm ``.ckpt``; which one is told from its first bytes.
 
     ``config`` (single files only) is a diffusers folder of the same model providing the config files,
     tokenizer and scheduler. ``variant`` picks e.g. the ``fp16`` weight files of a diffusers folder;
@@ -303,10 +364,17 @@ def convert(src: str | Path, dst: str | Path, *, config: str | Path | None = Non
             targets += identity_targets(specs[name], f"{name}/", aliases, found)
         ignore = _folder_ignore
     else:
-        sources = read_torch_pickle(src, allow_pickle=allow_pickle) if is_torch_pickle(src) else read_safetensors(src)
+        kind = checkpoint_format(src)
+        if kind == "mindspore":  # protobuf, not pickle: read without --allow-pickle
+            sources = read_mindspore_ckpt(src)
+            _check_mindone(sources, src)
+        elif kind == "torch":
+            sources = read_torch_pickle(src, allow_pickle=allow_pickle)
+        else:
+            sources = read_safetensors(src)
         if ema and not any(key.startswith("model_ema.") for key in sources):
             raise ConversionError(f"{src}: --ema given but the file has no EMA weights (model_ema.*)")
-        targets = _single_file_targets(sources, specs, configs, ema)
+        targets = _single_file_targets(sources, specs, configs, ema, mindone=kind == "mindspore")
         ignore = _single_file_ignore(ema, configs["text_encoder"].get("num_hidden_layers", 12))
     resolved, ignored = resolve(targets, sources, ignore=ignore, dtype=out_dtype(dtype), what=f"sd {src}")
 

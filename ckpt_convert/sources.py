@@ -208,6 +208,26 @@ def short_list(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def checkpoint_format(path: Path) -> str:
+    """``"safetensors"``, ``"torch"`` (pickle-based) or ``"mindspore"`` (protobuf ``.ckpt``), from the first bytes.
+
+    A ``.safetensors`` name is taken at its word, so a damaged file gets the safetensors reader's precise
+    message. Anything else that starts like none of the three is refused here, in one line.
+    """
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if is_torch_pickle(path):
+        return "torch"
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # an 8-byte header length, then the JSON header
+        return "safetensors"
+    if head[:1] == b"\x0a":  # Checkpoint.value: field 1, length-delimited (the codec notes below)
+        return "mindspore"
+    raise ConversionError(f"{path}: not a checkpoint format this converter reads (neither safetensors, a MindSpore "
+                          ".ckpt nor a PyTorch file, judging by its first bytes)")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Pickle-based PyTorch files: only with --allow-pickle, and only then is torch imported
 # ---------------------------------------------------------------------------------------------------------------------

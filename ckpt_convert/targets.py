@@ -107,7 +107,8 @@ def resolve(targets: Iterable[Target], sources: dict[str, TensorRef], *, ignore:
         resolved.append(Resolved(target, tuple(refs), dtype if dtype and src in FLOAT_DTYPES else src))
     ignored = {name: reason for name in sources if name not in used and (reason := ignore(name))}
     unknown = sorted(name for name in sources if name not in used and name not in ignored)
-    problems = [(f"{label} ({len(names)}): {short_list(sorted(set(names)))}") for label, names in (
+    # a fused source feeds several targets (q/k/v): it is listed, and counted, once
+    problems = [(f"{label} ({len(set(names))}): {short_list(sorted(set(names)))}") for label, names in (
         ("produced twice", duplicate), ("missing in the source", missing),
         ("mis-shaped", mis_shaped), ("unknown (not part of this model)", unknown),
         ("sources with different dtypes", mixed)) if names]

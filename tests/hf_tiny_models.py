@@ -53,18 +53,24 @@ def save_clip(folder: Path, tokenizer_dir: Path, *, seed: int = 0):
     return model
 
 
-def save_stable_diffusion(folder: Path, tokenizer_dir: Path, *, seed: int = 0):
-    """A tiny Stable Diffusion pipeline (tiny.yaml's UNet, VAE, text encoder) saved in diffusers format."""
+def save_stable_diffusion(folder: Path, tokenizer_dir: Path, *, seed: int = 0, unet: dict | None = None,
+                          text_encoder: dict | None = None, scheduler=None):
+    """A tiny Stable Diffusion pipeline (tiny.yaml's UNet, VAE, text encoder) saved in diffusers format.
+
+    ``unet`` and ``text_encoder`` change fields of tiny.yaml's architectures and ``scheduler`` replaces SD 1.x's
+    DDPM scheduler (tests/tiny_sd2.py makes an SD 2.x this way).
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     sd = TINY["diffusion"]
     torch.manual_seed(seed)
     pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(**sd["unet"]), vae=AutoencoderKL(**sd["vae"]),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**sd["text_encoder"])),
+        unet=UNet2DConditionModel(**{**sd["unet"], **(unet or {})}), vae=AutoencoderKL(**sd["vae"]),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**{**sd["text_encoder"], **(text_encoder or {})})),
         tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
-        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False),
+        scheduler=scheduler or DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                             clip_sample=False),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with torch.no_grad():  # random-init norms are ones and zeros; perturb them so a swapped norm would show
         for model in (pipe.unet, pipe.vae, pipe.text_encoder):
