@@ -4,7 +4,7 @@
     python benchmarks/run.py --full             # each script's own defaults (longer)
     python benchmarks/run.py --only keywords,generate --out /tmp/results.md
 
-Runs ``bench_data.py``, ``bench_keywords.py``, ``bench_generate.py``, ``bench_train_step.py`` (each documented in
+Runs ``bench_data.py``, ``bench_keywords.py``, ``bench_generate.py``, ``bench_train_step.py``, ``bench_personalize.py`` (each documented in
 benchmarks/README.md) and ``flops.py`` as separate processes, one after the other, and reads the ratios each
 prints: graph vs PyNative and MindSpore vs the PyTorch reference (training step), batched vs sequential
 (generation, keyword extraction), cached vs uncached (keyword answer cache), the prepare stage against its
@@ -43,6 +43,7 @@ BENCHES = (
     Bench("generate", "bench_generate.py", ["--samples", "2", "--steps", "5"]),
     Bench("train_step", "bench_train_step.py", ["--sizes", "tiny", "--steps", "10", "--repeats", "1",
                                                 "--pynative-steps", "2"]),
+    Bench("personalize", "bench_personalize.py", ["--requests", "3"]),
     Bench("flops", "flops.py", []),
 )
 
@@ -99,6 +100,14 @@ def ratios(outcome: Outcome) -> list[tuple[str, str, str]]:
             rows += [("generate: batched / sequential (official loop)", f"{float(m.group(1)):.1f}x",
                       "candidates/s, CLIP included"),
                      ("generate: batched / sequential, UNet only", f"{float(m.group(2)):.1f}x", "candidates/s")]
+    elif name == "personalize":
+        for method in ("pmg", "no_personalization"):
+            first = _f(rf"request 1 \(\S+\) {method}: ([\d.]+) s", text)
+            m = re.search(rf"^{method}: later calls median ([\d.]+) s, graphs compiled (\d+) in (\d+) calls", text,
+                          re.MULTILINE)
+            if first and m:
+                rows.append((f"personalize ({method}): later call / first call", f"{float(m.group(1)) / first:.2f}",
+                             f"seconds; graphs compiled after the first call: {m.group(2)} in {m.group(3)} calls"))
     elif name == "train_step":
         for a, b, label in (("ms-graph", "pt-eager", "train step: MindSpore graph / PyTorch eager"),
                             ("ms-pynative", "pt-eager", "train step: MindSpore PyNative / PyTorch eager"),
