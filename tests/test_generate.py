@@ -540,3 +540,147 @@ def test_generate_config_validation():
                              ({"micro_batch": 0}, "micro_batch"), ({"steps": 0}, "steps")]:
         with pytest.raises(ConfigError, match=message):
             GenerateConfig(**changes).validate("generate.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Long keyword texts: chunked (generate.long_prompts: chunk), checked against transformers' CLIPTextModel
+# ---------------------------------------------------------------------------------------------------------------------
+WINDOW, CHUNKS = 16, 3  # a text-encoder window of 16 tokens (BOS + 14 + EOS), three windows per group
+
+
+@pytest.fixture(scope="module")
+def chunk_encoders(runtime, tiny_tokenizers):
+    """A tiny CLIP text encoder in MindSpore and the same weights in PyTorch (transformers), and a tokenizer that
+    pads with "!" (id 0), as SD 2.x's does, so padding, BOS and EOS are three different tokens."""
+    import torch
+    from mindone.transformers import CLIPTextModel
+    from transformers import CLIPTextConfig
+    from transformers import CLIPTextModel as TorchCLIPTextModel
+
+    from research.pmg.models.tokenizers import load_clip_tokenizer
+
+    arch = dict(vocab_size=1000, bos_token_id=998, eos_token_id=999, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=WINDOW)
+    torch.manual_seed(0)
+    reference = TorchCLIPTextModel(CLIPTextConfig(**arch)).eval()
+    with torch.no_grad():  # random-init norms are ones and zeros: perturb them so a mapping slip would show
+        for name, param in reference.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model = CLIPTextModel(CLIPTextConfig(**arch))
+    weights = {name: value.numpy() for name, value in reference.state_dict().items()}
+    renamed = {".embedding_table": ".weight", ".gamma": ".weight", ".beta": ".bias"}  # MindSpore's parameter names
+    for name, param in model.parameters_and_names():
+        source = next((name[:-len(a)] + b for a, b in renamed.items() if name.endswith(a)), name)
+        param.set_data(ms.Tensor(weights.pop(source)))
+    assert not [k for k in weights if not k.endswith("position_ids")], weights.keys()
+    tokenizer = load_clip_tokenizer(tiny_tokenizers.diffusion, WINDOW)
+    tokenizer.pad_token = "!"
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (998, 999, 0)
+    return model, reference, tokenizer
+
+
+def _one_token_words(tokenizer, n: int) -> list[str]:
+    """``n`` words of the vocabulary that are one token each (so a text of k of them is k tokens)."""
+    words = [w[:-4] for w, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+             if w.endswith("</w>") and w[:-4].isalpha() and len(w) > 6]
+    words = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) == 1]
+    assert len(words) >= n
+    return words[:n]
+
+
+def _reference_windows(tokenizer, text: str, chunks: int) -> list[list[int]]:
+    """The official demo's layout of ``text`` (MindONE utils/long_prompt.py), written out independently: the text's
+    tokens in pieces of WINDOW - 2, each as BOS + piece + EOS + padding; windows past the text are the empty
+    prompt's (BOS, EOS, padding); pieces past ``chunks`` windows are dropped."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    body = WINDOW - 2
+    pieces = [ids[i:i + body] for i in range(0, len(ids), body)] or [[]]
+    pieces = (pieces + [[]] * chunks)[:chunks]
+    return [tokenizer.build_inputs_with_special_tokens(p) + [tokenizer.pad_token_id] * (body - len(p)) for p in pieces]
+
+
+def test_chunked_keyword_texts_match_transformers_window_by_window(chunk_encoders):
+    """Every window of a chunked text is the reference layout and encodes as transformers' CLIPTextModel does, the
+    windows laid end to end: texts of 0, 5, 14 (one full window), 15, 28 (two full), 40 and 50 (past three windows,
+    cut at 42) tokens."""
+    import torch
+
+    from research.pmg.models.conditioning import chunk_token_ids, encode_texts
+
+    model, reference, tokenizer = chunk_encoders
+    words = _one_token_words(tokenizer, 50)
+    texts = [" ".join(words[:n]) for n in (0, 5, 14, 15, 28, 40, 50)]
+    windows = [_reference_windows(tokenizer, t, CHUNKS) for t in texts]
+    assert [sum(w != windows[0][0] for w in ws) for ws in windows] == [0, 1, 1, 2, 2, 3, 3]  # windows in use
+    np.testing.assert_array_equal(chunk_token_ids(tokenizer, texts, WINDOW, CHUNKS), np.array(windows))
+    got = encode_texts(model, tokenizer, texts, WINDOW, batch_size=4, chunks=CHUNKS)
+    with torch.no_grad():
+        expected = reference(torch.tensor(windows).reshape(-1, WINDOW)).last_hidden_state.numpy()
+    expected = expected.reshape(len(texts), CHUNKS * WINDOW, -1)
+    assert got.shape == expected.shape == (7, CHUNKS * WINDOW, 32) and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 1e-5, np.abs(got - expected).max()
+
+
+def test_a_text_longer_than_one_window_is_no_longer_cut(chunk_encoders):
+    """Two texts that differ only in their last keyword, past the first window: cut, they encode the same (the
+    keyword never reaches the context); chunked, the window holding it differs and the others do not. Through the
+    candidates' conditioning, repetition weights w_p = 2 and 3 give the same preference group when cut (the third
+    repeat is lost) and different ones when chunked."""
+    from research.pmg.models.conditioning import encode_texts
+
+    model, _, tokenizer = chunk_encoders
+    words = _one_token_words(tokenizer, 32)
+    head = " ".join(words[:30])  # 30 tokens: windows 1 and 2 full, the last keyword opens window 3
+    cut = encode_texts(model, tokenizer, [head + " " + words[30], head + " " + words[31]], WINDOW)
+    assert cut.shape == (2, WINDOW, 32) and np.array_equal(cut[0], cut[1])
+    chunked = encode_texts(model, tokenizer, [head + " " + words[30], head + " " + words[31]], WINDOW, chunks=CHUNKS)
+    np.testing.assert_allclose(chunked[0, :2 * WINDOW], chunked[1, :2 * WINDOW], atol=1e-6)
+    assert np.abs(chunked[0, 2 * WINDOW:] - chunked[1, 2 * WINDOW:]).max() > 1e-2
+
+    preference = " ".join(words[:10])  # 10 tokens: twice (with ", ") fills more than one window
+    for chunks, same in ((0, True), (CHUNKS, False)):
+        encode = lambda texts, c=chunks: encode_texts(model, tokenizer, texts, WINDOW, chunks=c)  # noqa: E731
+        ctx = candidate_contexts(encode, "poster", preference, None, [[1, 1], [2, 1], [3, 1]], "repetition")
+        group = WINDOW * (chunks or 1)
+        assert ctx.shape == (3, 2 * group, 32)
+        twice, thrice = ctx[1, group:], ctx[2, group:]
+        assert np.array_equal(twice, thrice) == same, chunks
+        np.testing.assert_allclose(ctx[1, group:], encode([repeated(preference, 2)])[0], atol=1e-6)
+
+
+def test_a_short_text_chunked_is_its_cut_encoding_then_empty_windows(chunk_encoders):
+    """A text that fits one window: its first window is exactly the one-window (cut) encoding, the others are the
+    empty prompt's; one window of chunks is the cut encoding. The unconditional branch is laid out the same way."""
+    from research.pmg.models.conditioning import encode_texts
+
+    model, _, tokenizer = chunk_encoders
+    texts = ["cat, frog, cartoon", ""]
+    cut = encode_texts(model, tokenizer, texts, WINDOW)
+    chunked = encode_texts(model, tokenizer, texts, WINDOW, chunks=CHUNKS)
+    np.testing.assert_allclose(chunked[0, :WINDOW], cut[0], atol=1e-6)
+    for c in range(1, CHUNKS):
+        np.testing.assert_allclose(chunked[0, c * WINDOW:(c + 1) * WINDOW], cut[1], atol=1e-6)
+    np.testing.assert_allclose(encode_texts(model, tokenizer, texts, WINDOW, chunks=1), cut, atol=1e-6)
+
+    encode = lambda texts: encode_texts(model, tokenizer, texts, WINDOW, chunks=CHUNKS)  # noqa: E731
+    soft = np.ones((4, 32), np.float32)
+    cond = candidate_contexts(encode, "poster", "cat, frog", soft, [[1, 1], [2, 1]], "repetition")
+    uncond = unconditional_context(encode, "blurry", soft_len=4)
+    assert cond.shape == (2, 2 * CHUNKS * WINDOW + 4, 32) and uncond.shape == cond.shape[1:]
+    negative = encode(["blurry"])[0]
+    np.testing.assert_allclose(uncond[:CHUNKS * WINDOW], negative, atol=1e-6)
+    np.testing.assert_allclose(uncond[CHUNKS * WINDOW:2 * CHUNKS * WINDOW], negative, atol=1e-6)
+    np.testing.assert_allclose(negative[WINDOW:2 * WINDOW], cut[1], atol=1e-6)  # the negative's empty windows
+    assert not uncond[2 * CHUNKS * WINDOW:].any()
+
+
+def test_long_prompt_settings(tmp_path):
+    assert GenerateConfig().long_prompts == "cut" and GenerateConfig().text_chunks == 0  # the default: one window
+    assert GenerateConfig(long_prompts="chunk", max_chunks=2).text_chunks == 2
+    for changes, message in [({"max_chunks": 0}, r"generate\.max_chunks: must be in \[1, 64\]"),
+                             ({"max_chunks": 65}, r"generate\.max_chunks: must be in \[1, 64\]")]:
+        with pytest.raises(ConfigError, match=message):
+            GenerateConfig(**changes).validate("generate.")
+    with pytest.raises(ConfigError, match="generate.long_prompts"):
+        tiny_config(tmp_path, "generate.long_prompts=split")

@@ -16,6 +16,7 @@ from research.pmg.scenarios import scenario as scenario_entry
 
 SPLITS = ("train", "valid", "test")
 MAX_IMAGE_SIZE = 8192  # pixels a side: an 8192^2 latent batch already fills an accelerator
+MAX_CHUNKS = 64  # text-encoder windows per keyword group: 64 x 75 tokens is far beyond any keyword list
 
 
 @dataclass
@@ -40,6 +41,12 @@ class GenerateConfig:
     scheduler: Literal["ddim", "dpm_solver"] = "dpm_solver"  # DDIM with eta 0, or DPM-Solver++ multistep
     size: int = 0  # image side in pixels; 0 = the UNet's native size (sample_size x VAE factor)
     negative_prompt: Optional[str] = None  # None = the scenario's prompt from the official demo; "" = empty
+    # Keyword texts longer than one window of SD's text encoder (tokenizer_max_length tokens, BOS and EOS
+    # included): "cut" keeps the first window; "chunk" splits the text into windows of BOS + (window - 2)
+    # tokens + EOS, encodes each alone and concatenates them (the official demo's long-prompt handling).
+    # Training conditions the soft preference the same way (it reads these two fields).
+    long_prompts: Literal["cut", "chunk"] = "cut"
+    max_chunks: int = 3  # chunk: windows per keyword group, always all of them (static shapes); unused ones empty
     a: float = 0.5  # balance: z = a * log d_p + (1 - a) * log d_t; 0 when preference_keywords is false
     score_form: Literal["log", "linear"] = "log"  # log: the paper's formula; linear: a * d_p + (1 - a) * d_t
     micro_batch: int = 8  # candidates per UNet call, from several samples (the UNet sees 2x rows with guidance)
@@ -74,6 +81,7 @@ class GenerateConfig:
         check(self.guidance >= 1.0, where, "guidance", "must be >= 1 (1 = no guidance)")
         check(0 <= self.size <= MAX_IMAGE_SIZE, where, "size",
                f"must be in [0, {MAX_IMAGE_SIZE}] (0 = the model's native size)")
+        check(1 <= self.max_chunks <= MAX_CHUNKS, where, "max_chunks", f"must be in [1, {MAX_CHUNKS}]")
         check(0.0 <= self.a <= 1.0, where, "a", "must be in [0, 1]")
         check(self.micro_batch > 0, where, "micro_batch", "must be > 0")
         check(self.micro_batch <= 4096, where, "micro_batch", "must be <= 4096")
@@ -87,6 +95,12 @@ class GenerateConfig:
     def num_candidates(self) -> int:
         """K weight sets times M images: the candidates of one sample."""
         return len(self.weight_sets) * self.images_per_set
+
+    @property
+    def text_chunks(self) -> int:
+        """Text-encoder windows per keyword group: ``max_chunks`` with ``long_prompts: chunk``, 0 with ``cut``
+        (one window, the rest of a longer text dropped; see research.pmg.models.conditioning.encode_texts)."""
+        return self.max_chunks if self.long_prompts == "chunk" else 0
 
     @property
     def selection_a(self) -> float:

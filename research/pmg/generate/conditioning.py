@@ -3,7 +3,10 @@
 Every candidate's context is built by :func:`research.pmg.models.conditioning.assemble_context`, the function
 training uses, so generation sees the layout the soft preference was trained with: the target keyword group
 (``n_text`` tokens), the preference keyword group (``n_text``) and, with a soft checkpoint, the L soft tokens.
-The length is the same for every candidate and for the unconditional branch (static shapes).
+The length is the same for every candidate and for the unconditional branch (static shapes). A group's
+``n_text`` is whatever the encoder gives: one text-encoder window (``generate.long_prompts: cut``, longer texts
+cut) or ``generate.max_chunks`` windows laid end to end (``chunk``, see
+:func:`research.pmg.models.conditioning.chunk_token_ids`), for every group and the unconditional branch alike.
 
 Two realisations of a weight set (w_p, w_t), selectable:
 
@@ -11,15 +14,17 @@ Two realisations of a weight set (w_p, w_t), selectable:
   its weight, and the soft embedding E_m by ``w_p * soft_weight`` (it is the implicit part of the preference).
 - ``repetition`` (the official demo): each group's keyword text is repeated w times inside its own slot
   (", "-joined) before encoding; embeddings are not scaled, E_m gets ``soft_weight`` alone (tokens cannot be
-  repeated at a fixed length). Repetition is capped by the text encoder's token limit: repeats that do not
-  fit are cut off, as in the official demo.
+  repeated at a fixed length). With ``long_prompts: cut`` repeats past the text encoder's window are cut
+  off; with ``chunk`` they go into the next windows, as in the official demo (which repeats the preference
+  keywords inside its one prompt and encodes a long prompt in windows of 77 tokens).
 
 With (1, 1) both realisations give the same context. A ``None`` preference text leaves the preference group
 out (the paper's "no personalization" and "embedding only" baselines); leaving a group out is not weight 0,
 which would still take part in the attention softmax.
 
-The unconditional branch: the negative prompt is encoded once and fills both keyword groups, and the soft
-group is zeros. E_m has no text form, so "no user preference" is no soft content at all: zero vectors give
+The unconditional branch: the negative prompt is encoded once and fills both keyword groups (with ``chunk``
+its first window, the others empty, as the official code pads the negative prompt), and the soft group is
+zeros. E_m has no text form, so "no user preference" is no soft content at all: zero vectors give
 zero keys and values in SD's bias-free cross-attention, so guidance pushes along the full soft
 contribution, and the result does not depend on the negative prompt's first L tokens.
 """
@@ -33,6 +38,7 @@ import mindspore as ms
 from research.pmg.models.conditioning import assemble_context
 
 # texts -> CLIP-text hidden states (len(texts), n_text, ctx_dim) float32, e.g. models.conditioning.encode_texts
+# (n_text: one window, or max_chunks windows with long_prompts: chunk)
 Encoder = Callable[[list[str]], np.ndarray]
 
 

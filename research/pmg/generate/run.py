@@ -83,7 +83,8 @@ def build_models(cfg: PMGConfig, gcfg: GenerateConfig, runtime: Runtime) -> Gene
     max_length = cfg.models.diffusion.tokenizer_max_length
     return GenerationModels(
         pipeline=pipeline, scorer=ClipScorer(clip, clip_image_processor(clip, cfg.models.clip.path)),
-        encode=lambda texts: encode_texts(sd.text_encoder, sd.tokenizer, texts, max_length), soft=soft)
+        encode=lambda texts: encode_texts(sd.text_encoder, sd.tokenizer, texts, max_length, chunks=gcfg.text_chunks),
+        soft=soft)
 
 
 def run_settings(cfg: PMGConfig, gcfg: GenerateConfig) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def run_settings(cfg: PMGConfig, gcfg: GenerateConfig) -> dict[str, Any]:
         "steps": gcfg.steps, "guidance": gcfg.guidance, "scheduler": gcfg.scheduler, "size": gcfg.size,
         "negative_prompt": gcfg.negative_for(cfg.scenario), "a": gcfg.selection_a, "score_form": gcfg.score_form,
         "seed": cfg.runtime.seed,
+        # recorded only when on, so folders generated before the setting existed still resume
+        **({"text_chunks": gcfg.text_chunks} if gcfg.text_chunks else {}),
         "models": {"diffusion": dataclasses.asdict(models.diffusion), "clip": dataclasses.asdict(models.clip),
                    "llm": dataclasses.asdict(models.llm) if gcfg.soft_checkpoint else None,
                    "soft_preference": dataclasses.asdict(models.soft_preference) if gcfg.soft_checkpoint else None},

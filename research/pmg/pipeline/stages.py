@@ -50,6 +50,20 @@ def _section(cfg: PMGConfig, name: str, *drop: str) -> dict[str, Any]:
     return values
 
 
+def _long_prompts(cfg: PMGConfig) -> dict[str, Any]:
+    """How keyword texts longer than the text encoder's window are encoded: training and generation both read it.
+    Absent with the default (``cut``), so the stamps of runs made before the setting existed stay valid."""
+    return {"text_chunks": cfg.generate.text_chunks} if cfg.generate.text_chunks else {}
+
+
+def _generate(cfg: PMGConfig) -> dict[str, Any]:
+    values = _section(cfg, "generate", "data", "keywords", "out")
+    if not cfg.generate.text_chunks:
+        values.pop("long_prompts")
+        values.pop("max_chunks")
+    return values
+
+
 def _runtime(cfg: PMGConfig) -> dict[str, Any]:
     return {key: getattr(cfg.runtime, key) for key in RUNTIME_KEYS}
 
@@ -93,11 +107,12 @@ STAGES: tuple[Stage, ...] = (
           outputs=lambda p: [p.keywords, summary_path(p.keywords)], distributed=True),
     Stage("train", "research.pmg.train", ("prepare", "keywords"),
           settings=lambda c: {"scenario": c.scenario, "train": _section(c, "train", "keywords"),
-                              "models": _models(c, "llm", "soft_preference", "diffusion"), "runtime": _runtime(c)},
+                              "models": _models(c, "llm", "soft_preference", "diffusion"), "runtime": _runtime(c),
+                              **_long_prompts(c)},
           outputs=lambda p: [p.checkpoints], owned=lambda p: [p.train], folders=lambda p: [p.train],
           distributed=True, extra_args=lambda p: ["--resume"]),
     Stage("generate", "research.pmg.generate", ("prepare", "keywords", "train"),
-          settings=lambda c: {"scenario": c.scenario, "generate": _section(c, "generate", "data", "keywords", "out"),
+          settings=lambda c: {"scenario": c.scenario, "generate": _generate(c),
                               "models": _models(c, "llm", "soft_preference", "diffusion", "clip"),
                               "runtime": _runtime(c)},
           outputs=lambda p: [p.generate], owned=lambda p: [p.generate], folders=lambda p: [p.generate]),

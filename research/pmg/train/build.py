@@ -52,12 +52,17 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
                    {"unet": diffusion.unet, "vae": diffusion.vae, "text_encoder": diffusion.text_encoder,
                     "seed": cfg.runtime.seed},
                    "tokenizer": files_fingerprint([Path(tokenizers.llm)]), "image_size": image_size}
+    # The keyword contexts are encoded in generation's layout (one text-encoder window, or generate.max_chunks
+    # windows with generate.long_prompts: chunk), so the soft preference learns beside what it will meet there.
+    chunks = cfg.generate.text_chunks
+    if chunks:  # only then: the one-window caches of earlier runs keep their key
+        fingerprint["text_chunks"] = chunks
     arrays = ds.build_arrays(
         examples_from(prepared, keywords), runtime.cache_dir, fingerprint,
         tokenize=lambda prompts: tokenize_prompts(llm_tokenizer, prompts, prompt_len(cfg), llm_cfg.pad_token_id),
         encode_images=encode_images,
         encode_texts=lambda texts: encode_texts(sd.text_encoder, sd.tokenizer, texts,
-                                                cfg.models.diffusion.tokenizer_max_length))
+                                                cfg.models.diffusion.tokenizer_max_length, chunks=chunks))
     scheduler = sd.scheduler
     alphas = scheduler.alphas_cumprod.asnumpy() if hasattr(scheduler.alphas_cumprod, "asnumpy") \
         else np.asarray(scheduler.alphas_cumprod)
