@@ -216,3 +216,22 @@ def test_stand_in_generation_encodes_every_group_in_three_windows(stand_in_run, 
     assert np.abs(ctx[1, second] - empty).max() > 1e-3  # twice: the second repeat reaches the second window
     uncond = unconditional_context(models.encode, cfg.generate.negative_for(cfg.scenario))
     assert uncond.shape == (2 * group, WIDTH) and math.isfinite(float(np.abs(uncond).sum()))
+
+
+def test_chunking_is_part_of_the_train_and_generate_stage_keys(tmp_path):
+    """Changing how long keyword texts are encoded re-runs training and generation under the pipeline (both read
+    it); the default (cut) leaves the fields out of the keys, so stamps written before they existed stay valid."""
+    from research.pmg.pipeline.stages import BY_NAME, STAGE_NAMES, stage_key
+
+    inputs = {name: "d" for name in STAGE_NAMES}
+
+    def keys(*overrides):
+        cfg = load_config(OFFICIAL, [f"runtime.output_dir={tmp_path}", *overrides])
+        return {s: stage_key(BY_NAME[s], cfg, inputs) for s in STAGE_NAMES}
+
+    chunked = keys()
+    cut = keys("generate.long_prompts=cut")
+    assert [s for s in STAGE_NAMES if chunked[s] != cut[s]] == ["train", "generate"]
+    more = keys("generate.max_chunks=4")
+    assert [s for s in STAGE_NAMES if more[s] != chunked[s]] == ["train", "generate"]
+    assert keys("generate.long_prompts=cut", "generate.max_chunks=4") == cut  # unused while cutting
