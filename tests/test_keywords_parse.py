@@ -176,7 +176,7 @@ def test_bad_template_files_are_named(tmp_path, edit, message):
 
 
 def test_missing_template_set_lists_the_known_ones():
-    with pytest.raises(PromptError, match="clothing, movie, sticker"):
+    with pytest.raises(PromptError, match="clothing, movie, movie_official, sticker"):
         load_templates(resolve_templates("music", "stickers"))
 
 

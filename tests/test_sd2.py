@@ -17,6 +17,7 @@ from ckpt_convert.__main__ import main as convert_main
 from research.pmg.cli import run
 from research.pmg.generate.__main__ import main as generate_main
 from research.pmg.generate.pipeline import GenerationPipeline
+from research.pmg.runtime import set_execution_mode
 from research.pmg.train.__main__ import main as train_main
 from research.pmg.train.loop import Trainer
 from tests.tiny_models import TINY_CONFIG
@@ -25,7 +26,7 @@ from tests.tiny_sd2 import SD2_CONTEXT, shared_tiny_sd2, write_stage_inputs
 STEPS = 3
 
 
-def test_convert_train_generate(tmp_path, tiny_tokenizers, tmp_path_factory, monkeypatch, capsys):
+def test_convert_train_generate(tmp_path, tiny_tokenizers, tmp_path_factory, monkeypatch, capsys, request):
     folder = shared_tiny_sd2(tmp_path_factory, tiny_tokenizers.diffusion).folder
     converted = tmp_path / "sd2"
     assert convert_main(["sd", "--src", str(folder), "--dst", str(converted)]) == 0
@@ -76,6 +77,9 @@ generate:
     monkeypatch.setattr(Trainer, "_inputs", record_inputs)
     monkeypatch.setattr(GenerationPipeline, "_sample", record_sample)
 
+    # The commands run in this process and set the process-wide mode to the config's (pynative): put graph mode
+    # back whatever happens, or every later test in this worker would run eagerly.
+    request.addfinalizer(lambda: set_execution_mode("graph"))
     assert run(train_main, ["--config", str(config), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"trained {STEPS} steps; last loss " in out, out
