@@ -55,14 +55,18 @@ def tiny_tokenizers(tiny_cfg, runtime):
 @pytest.fixture(scope="session")
 def tiny_diffusion(tiny_cfg, runtime, tiny_tokenizers):
     from research.pmg.models import build_diffusion_parts
+    from research.pmg.runtime import seed_everything
 
+    seed_everything(tiny_cfg.runtime.seed)  # random-init weights: the same whichever test builds them first
     return build_diffusion_parts(tiny_cfg, runtime, tiny_tokenizers)
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_cfg, runtime, tiny_tokenizers):
     from research.pmg.models import build_clip_parts
+    from research.pmg.runtime import seed_everything
 
+    seed_everything(tiny_cfg.runtime.seed)  # random-init weights: the same whichever test builds them first
     return build_clip_parts(tiny_cfg, runtime, tiny_tokenizers)
 
 

@@ -1,4 +1,5 @@
-"""Running the whole pipeline in tests: a fast variant of the default config, and one shared reference run.
+"""Running the whole pipeline in tests: a fast variant of the default config, one shared reference run, and hold
+points (research/pmg/testhooks.py) that stop a stage process at an exact place.
 
 The reference run (uninterrupted, made once per session by the ``pipeline_reference`` fixture) is moved to
 ``<base>/reference`` when done, so that other runs can be made at its original path ``<base>/run``: outputs
@@ -13,6 +14,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
+
+import pytest
 
 from tests.tiny_models import REPO
 
@@ -60,16 +64,40 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def reference_run(tmp_path_factory) -> dict[str, object]:
-    """``{"base", "path", "proc", "seconds"}`` of one uninterrupted run (the session fixture
-    ``pipeline_reference`` in conftest.py makes it once for every module that asks)."""
+    """``{"base", "path", "proc"}`` of one uninterrupted run (the session fixture ``pipeline_reference`` in
+    conftest.py makes it once for every module that asks)."""
     base = tmp_path_factory.mktemp("pipeline")
     root = base / "run"
-    start = time.time()
     proc = run_pipeline(root)
-    seconds = time.time() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     os.replace(root, base / "reference")
-    return {"base": base, "path": base / "reference", "proc": proc, "seconds": seconds}
+    return {"base": base, "path": base / "reference", "proc": proc}
+
+
+HOLD_BOUND = 900  # seconds: a generous failure bound for reaching a hold point, never a measurement
+
+
+def hold_env(holds: Path, point: str) -> dict[str, str]:
+    """The environment that makes the process reaching ``point`` ("<stage>:<point>") wait there, marked in
+    the new folder ``holds`` (research/pmg/testhooks.py)."""
+    holds.mkdir()
+    return dict(env(), PMG_TEST_HOLD=point, PMG_TEST_HOLD_DIR=str(holds))
+
+
+def wait_for_hold(holds: Path, proc: subprocess.Popen, output: Callable[[], str], rank: str | None = None) -> Path:
+    """The marker of the process held at the point (``rank``: msrun's worker of that rank): its name is the pid,
+    removing it releases the process. Fails if ``proc`` ends first (``output()``: what it printed). The marker
+    stays while the process waits, so this cannot miss it."""
+    deadline = time.monotonic() + HOLD_BOUND
+    while True:
+        for marker in holds.iterdir():
+            if not marker.name.startswith(".") and (rank is None or marker.read_text() == rank):
+                return marker
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended before its hold point:\n{output()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no hold point reached in {HOLD_BOUND} s:\n{output()[-3000:]}")
+        time.sleep(0.05)
 
 
 def copy_reference(reference: dict, name: str) -> Path:

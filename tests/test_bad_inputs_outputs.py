@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 
 from research.pmg import ownership
 from tests.bad_input_helpers import assert_one_error_line
-from tests.pipeline_helpers import CONFIG, copy_reference, env, run_pipeline, stamps
+from tests.pipeline_helpers import CONFIG, copy_reference, env, hold_env, run_pipeline, stamps, wait_for_hold
 
 PREPARE, KEYWORDS, TRAIN, GENERATE, EVALUATE = ("research.pmg.data.prepare", "research.pmg.keywords",
                                                 "research.pmg.train", "research.pmg.generate",
@@ -245,7 +243,7 @@ def test_failed_runs_leave_no_settings_and_a_second_run_on_the_folder_fails_fast
     ref = Path(reference["path"])
     out = tmp_path / "g"
     (tmp_path / "t.ckpt").write_text("not a checkpoint\n")
-    # one sample per UNet call (A is stopped between two of them); PyNative: no graphs to compile for a few calls
+    # one sample per UNet call (A is held between two of them); PyNative: no graphs to compile for a few calls
     argv = [*configured(tmp_path, "--set", "runtime.mode=pynative"), *stage_inputs(ref), "--out", str(out),
             "--set", "generate.max_samples=2", "--set", "generate.steps=2", "--set", "generate.micro_batch=3",
             "--no-progress"]
@@ -255,26 +253,28 @@ def test_failed_runs_leave_no_settings_and_a_second_run_on_the_folder_fails_fast
         assert_refused(cli(GENERATE, *argv, *bad, cwd=tmp_path), message)
         assert not (out / "settings.json").exists()
 
-    # defect 5: the corrected run (A) is stopped while it holds the folder, part of the way through; a second run
-    # (B) must fail at once naming A, leaving A's outputs as they were; A then finishes alone.
+    # defect 5: the corrected run (A) waits at a hold point (research/pmg/testhooks.py) right after its first sample,
+    # holding the folder; a second run (B) must fail at once naming A, leaving A's outputs as they were; A, released,
+    # then finishes alone.
     good = [*argv, "--soft-checkpoint", str(ref / "train")]
-    first = subprocess.Popen([sys.executable, "-m", GENERATE, *good], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    holds = tmp_path / "holds"
+    first = subprocess.Popen([sys.executable, "-m", GENERATE, *good], cwd=tmp_path,
+                             env=hold_env(holds, "generate:sample-written"), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    marker = None
     try:
-        deadline = time.time() + 600
-        while not (out / "manifest.jsonl").is_file() or not (out / "manifest.jsonl").read_bytes():
-            assert first.poll() is None, first.communicate()[1][-3000:]
-            assert time.time() < deadline, "the first run wrote no sample"
-            time.sleep(0.05)
-        os.kill(first.pid, signal.SIGSTOP)
+        marker = wait_for_hold(holds, first, lambda: first.communicate()[0] if first.poll() is not None else "")
+        assert int(marker.name) == first.pid and len((out / "manifest.jsonl").read_text().splitlines()) == 1
         before = snapshot(out)
         second = cli(GENERATE, *good, cwd=tmp_path)
         assert_refused(second, str(out), f"in use by another run (pid {first.pid})")
         assert snapshot(out) == before
+        marker.unlink()  # A goes on
     finally:
-        os.kill(first.pid, signal.SIGCONT)
-    stdout, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr[-3000:]
+        if marker is None or marker.exists():  # not released: a failure above; A would wait forever
+            first.kill()
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-3000:]
     samples = [json.loads(line)["sample"] for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(samples) == 2 == len(set(samples)), samples
     settings = json.loads((out / "settings.json").read_text())

@@ -65,8 +65,10 @@ def world(tmp_path_factory, runtime):
 def clip_embedder(world, runtime, tiny_tokenizers):
     from research.pmg.evaluate.clip_metrics import ClipEmbedder
     from research.pmg.models import build_clip_parts
+    from research.pmg.runtime import seed_everything
 
     cfg = tiny_config(runtime.output_dir, CLIP_EOS)
+    seed_everything(cfg.runtime.seed)  # random-init CLIP: the same whatever ran before in the session
     return ClipEmbedder(build_clip_parts(cfg, runtime, tiny_tokenizers), batch_size=4)
 
 

@@ -1,4 +1,6 @@
-"""Evaluation maths without models: SSIM against scikit-image, bootstrap and paired statistics, settings, inputs."""
+"""Evaluation maths without models: SSIM against scikit-image, bootstrap and paired statistics, settings, inputs,
+and known answers for the per-sample scores (history means, which keywords each CLIP text score reads) with
+hand-made embeddings and a NumPy distance standing in for CLIP and LPIPS."""
 import json
 
 import numpy as np
@@ -181,3 +183,172 @@ def test_method_images_from_folder_and_manifests(tmp_path):
             read_images(plain)
     with pytest.raises(MethodImagesError, match="no such folder or manifest"):
         read_images(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Known answers: history scores are means over the history, each CLIP text score reads its own keywords
+# ---------------------------------------------------------------------------------------------------------------------
+def _unit(*xs):
+    v = np.asarray(xs, np.float64)
+    return v / np.linalg.norm(v)
+
+
+# Hand-made unit CLIP embeddings (4-d): cosines with a generated image are exact decimals, and for every sample the
+# mean over the history differs from its first, last and largest element, and the two keyword texts differ.
+GENERATED = {"s1": _unit(1, 0, 0, 0), "s2": _unit(0, 1, 0, 0), "s3": _unit(0, 0, 1, 0)}
+ITEM_EMBEDDINGS = {"h1": _unit(1, 0, 0, 0), "h2": _unit(0.6, 0.8, 0, 0), "h3": _unit(0, 1, 0, 0),
+                   "h4": _unit(0, 0.6, 0.8, 0), "h5": _unit(0, -0.28, 0, 0.96), "h6": _unit(0, 0, 0.8, 0.6),
+                   "t1": _unit(0.8, 0, 0.6, 0), "t2": _unit(0, 0.96, 0, 0.28), "t3": _unit(0, 0, 0.6, 0.8)}
+HISTORIES = {"s1": ("h1", "h2", "h3"), "s2": ("h4", "h5"), "s3": ("h1", "h6", "h2", "h5", "h4")}
+TARGETS = {"s1": "t1", "s2": "t2", "s3": "t3"}
+KEYWORDS = {"s1": (["cat", "heart"], ["dog"]), "s2": (["pizza"], ["rain", "cloud"]), "s3": (["sun"], ["leaf"])}
+TEXT_EMBEDDINGS = {"cat, heart": _unit(0.28, 0, 0, 0.96), "dog": _unit(-0.6, 0.8, 0, 0),
+                   "pizza": _unit(0.8, 0.6, 0, 0), "rain, cloud": _unit(0, -0.8, 0.6, 0),
+                   "sun": _unit(0, 0, -0.28, 0.96), "leaf": _unit(0, 0, 0.96, 0.28)}
+# The answers, worked out by hand from the vectors above (cosines with GENERATED, unclamped, scale 1).
+CLIP_IMAGE_HISTORY = {"s1": (1 + 0.6 + 0) / 3, "s2": (0.6 - 0.28) / 2, "s3": (0 + 0.8 + 0 + 0 + 0.8) / 5}
+CLIP_IMAGE_TARGET = {"s1": 0.8, "s2": 0.96, "s3": 0.6}
+CLIP_TEXT_PREFERENCE = {"s1": 0.28, "s2": 0.6, "s3": -0.28}
+CLIP_TEXT_TARGET = {"s1": -0.6, "s2": -0.8, "s3": 0.96}
+
+
+class HandMadeClip:
+    """Stands in for ClipEmbedder: the embedding of each image (by its pixels) and text is looked up."""
+
+    def __init__(self, images: dict[bytes, np.ndarray]):
+        self.by_pixels, self.texts_seen = images, []
+
+    def images(self, images):
+        return np.stack([self.by_pixels[np.asarray(img.convert("RGB")).tobytes()] for img in images])
+
+    def texts(self, texts):
+        self.texts_seen += list(texts)
+        return np.stack([TEXT_EMBEDDINGS[t] for t in texts])
+
+    def describe(self, model_path):
+        return {"model": "hand-made", "image_size": 64}
+
+
+class MeanAbsoluteDistance:
+    """Stands in for the LPIPS model: per pair, the mean absolute difference of the [-1, 1] inputs."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, y):
+        import mindspore as ms
+
+        self.batches.append(x.shape[0])
+        return ms.Tensor(np.abs(x.asnumpy() - y.asnumpy()).mean(axis=(1, 2, 3)))
+
+
+@pytest.fixture(scope="module")
+def known_world(tmp_path_factory):
+    """Three test samples (histories of 3, 2 and 5 images) with 64 px images: each history image and target is its
+    sample's generated image plus noise of its own strength, so LPIPS/SSIM differ from image to image."""
+    from types import SimpleNamespace
+
+    from research.pmg.records.samples import Item, PreparedData, Sample
+
+    root = tmp_path_factory.mktemp("known-answers")
+    (root / "images").mkdir()
+    (root / "generated").mkdir()
+    rng = np.random.default_rng(0)
+    pixels, embeddings = {}, {}
+    for sample, embedding in GENERATED.items():
+        base = rng.integers(0, 256, (8, 8, 3)).repeat(8, 0).repeat(8, 1)  # blocks: structure for SSIM
+        pixels[sample] = base.astype(np.uint8)
+        Image.fromarray(pixels[sample]).save(root / "generated" / f"{sample}.png")
+        embeddings[pixels[sample].tobytes()] = embedding
+        for number, item in enumerate((*HISTORIES[sample], TARGETS[sample])):
+            if item in pixels:
+                continue  # h1, h2, h4 and h5 are also in s3's history: as made for their first sample
+            noisy = base + rng.normal(0, 12 + 25 * number, base.shape)
+            pixels[item] = np.clip(noisy, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels[item]).save(root / "images" / f"{item}.png")
+            embeddings[pixels[item].tobytes()] = ITEM_EMBEDDINGS[item]
+    items = {i: Item(id=i, title=i, image=f"images/{i}.png") for i in ITEM_EMBEDDINGS}
+    samples = [Sample(id=s, user_id=f"u{s}", history=HISTORIES[s], target=TARGETS[s], split="test") for s in GENERATED]
+    data = PreparedData(root=root, items=items, samples=samples, summary={})
+    keywords = {s: SimpleNamespace(preference_keywords=p, target_keywords=t) for s, (p, t) in KEYWORDS.items()}
+    images = {s: root / "generated" / f"{s}.png" for s in GENERATED}
+    return SimpleNamespace(root=root, data=data, keywords=keywords, images=images, pixels=pixels,
+                           embeddings=embeddings)
+
+
+def _pair_references(world):
+    """{sample: {metric: per-image values (history..., target)}}: scikit-image SSIM and the NumPy distance."""
+    out = {}
+    for sample in GENERATED:
+        g = world.pixels[sample]
+        others = [world.pixels[i] for i in (*HISTORIES[sample], TARGETS[sample])]
+        out[sample] = {"ssim": np.array([skimage_ssim(g, o) for o in others]),
+                       "lpips": np.array([np.abs(g / 127.5 - o / 127.5).mean() for o in others])}
+    return out
+
+
+def test_history_scores_are_means_and_text_scores_read_their_own_keywords(known_world, tmp_path):
+    """The evaluation stage (``evaluate``: CLIP references from the keywords, pair scoring, per-sample CSV) on
+    hand-made inputs with known answers: LPIPS, SSIM and CLIP-image history scores are the means over the history
+    images (not the first, last or largest), target scores the target's, clip_text_preference the preference
+    keywords' text and clip_text_target the target keywords' text (swapped they give other numbers)."""
+    import csv
+
+    from research.pmg.evaluate.run import evaluate
+
+    world = known_world
+    for item, pixels in world.pixels.items():  # what the stage reads is what was written (64 px: no resize)
+        path = world.images[item] if item in world.images else world.data.image_path(item)
+        np.testing.assert_array_equal(im.load_fitted(path, 64, "center_crop"), pixels)
+    dummy_weights = tmp_path / "lpips.ckpt"
+    dummy_weights.write_bytes(b"the distance above stands in for LPIPS")
+    ecfg = EvaluateConfig(metrics=["lpips", "ssim", "clip"], image_size=64, batch_size=3, bootstrap_samples=100,
+                          permutations=100, lpips_weights=str(dummy_weights))
+    lpips, clip = MeanAbsoluteDistance(), HandMadeClip(world.embeddings)
+    evaluate(ecfg, data=world.data, method_images={"m": world.images}, out=tmp_path / "report",
+             keywords=world.keywords, lpips_model=lpips, clip_embedder=clip, progress=False)
+    # 13 pairs (history and target of each sample) in batches of 3 across samples, the last one padded
+    assert lpips.batches == [3] * 5 and sorted(set(clip.texts_seen)) == sorted(TEXT_EMBEDDINGS)
+
+    with open(tmp_path / "report" / "per_sample.csv") as handle:
+        rows = {r["sample"]: r for r in csv.DictReader(handle)}
+    assert sorted(rows) == sorted(GENERATED)
+    pairs = _pair_references(world)
+    for sample, row in rows.items():
+        got = {k: float(v) for k, v in row.items() if k.startswith(("lpips", "ssim", "clip"))}
+        assert int(row["n_history"]) == len(HISTORIES[sample])
+        for family in ("lpips", "ssim"):
+            values = pairs[sample][family]
+            history, target = values[:-1], values[-1]
+            assert got[f"{family}_history"] == pytest.approx(history.mean(), abs=1e-6)
+            assert got[f"{family}_target"] == pytest.approx(target, abs=1e-6)
+            for wrong in (history[0], history[-1], history.max(), history.min(), history.sum()):
+                assert abs(wrong - history.mean()) > 1e-3  # the inputs tell the mean from the alternatives
+        assert got["clip_image_history"] == pytest.approx(CLIP_IMAGE_HISTORY[sample], abs=1e-12)
+        assert got["clip_image_target"] == pytest.approx(CLIP_IMAGE_TARGET[sample], abs=1e-12)
+        assert got["clip_text_preference"] == pytest.approx(CLIP_TEXT_PREFERENCE[sample], abs=1e-12)
+        assert got["clip_text_target"] == pytest.approx(CLIP_TEXT_TARGET[sample], abs=1e-12)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["results"]["m"]["clip_image_history"]["mean"] == pytest.approx(
+        np.mean(list(CLIP_IMAGE_HISTORY.values())), abs=1e-12)
+
+
+def test_clip_scale_and_clamp_apply_to_each_image_before_the_history_mean(known_world):
+    """``scale * max(cos, 0)`` per history image, then the mean; chunking samples does not change a score."""
+    from research.pmg.evaluate.scoring import clip_references, score_method
+
+    world = known_world
+    clip = HandMadeClip(world.embeddings)
+    references = clip_references(clip, world.data.samples, world.data, world.keywords)
+    records = {chunk: score_method(world.data.samples, world.images, world.data, image_size=64,
+                                   resize="center_crop", pairs=None, embedder=clip, references=references,
+                                   clip_scale=100.0, clip_clamp=True, chunk=chunk) for chunk in (1, 2, 16)}
+    assert records[1] == records[2] == records[16]
+    got = {r["sample"]: r for r in records[16]}
+    clamped = {"s1": 100 * (1 + 0.6 + 0) / 3, "s2": 100 * (0.6 + 0) / 2, "s3": 100 * (0 + 0.8 + 0 + 0 + 0.8) / 5}
+    for sample in GENERATED:
+        assert got[sample]["clip_image_history"] == pytest.approx(clamped[sample], abs=1e-10)
+        assert got[sample]["clip_text_preference"] == pytest.approx(100 * max(CLIP_TEXT_PREFERENCE[sample], 0),
+                                                                    abs=1e-10)
+        assert got[sample]["clip_text_target"] == pytest.approx(100 * max(CLIP_TEXT_TARGET[sample], 0), abs=1e-10)
+    assert got["s2"]["clip_image_history"] != pytest.approx(100 * max(CLIP_IMAGE_HISTORY["s2"], 0))  # mean, then clamp

@@ -4,22 +4,18 @@ an unwritable folder fails cleanly, and a dead msrun worker is named.
 from __future__ import annotations
 
 import os
-import re
 import resource
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from research.pmg.pipeline.runner import damaged_files
-from tests.pipeline_helpers import (COMPARED, STAGES, command, copy_reference, digests, env,
-                                    run_pipeline, stamps)
-
-POLL = 0.01
+from tests.pipeline_helpers import (COMPARED, STAGES, command, copy_reference, digests, hold_env, run_pipeline,
+                                    stamps, wait_for_hold)
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +31,39 @@ def _running(root: Path, stage: str) -> bool:
     return stamps(root).get(stage, {}).get("state") == "running"
 
 
-# What each stage writes part of the way through: the pipeline is killed as soon as it appears.
+# Where each stage is killed: a hold point the stage process itself reaches (research/pmg/testhooks.py: with
+# PMG_TEST_HOLD=<stage>:<point> it marks that it is there and waits), and what is on disk at that moment.
 KILL_POINTS = {
-    # the stamp is written just before the stage process starts: killed while it starts up (it runs < 1 s)
-    "prepare": lambda root: _running(root, "prepare"),
-    "keywords": lambda root: _lines(root / "keywords" / "cache" / "part-0.jsonl") >= 1,  # first batch of answers
-    "train": lambda root: (root / "train" / "checkpoints" / "step-000002" / "meta.json").is_file(),  # 2 of 4 steps
-    "generate": lambda root: _lines(root / "generate" / "manifest.jsonl") >= 1,  # 1 of 3 samples
-    "evaluate": lambda root: (root / "evaluate.partial").is_dir(),  # scored; the report folder half written
+    # every image copied into the staging folder, no item list yet
+    "prepare": ("prepare:images-copied",
+                lambda root: any((root / "data.partial" / "images").iterdir())
+                and not (root / "data.partial" / "items.jsonl").exists()),
+    # the first batch of answers cached
+    "keywords": ("keywords:batch-cached", lambda root: _lines(root / "keywords" / "cache" / "part-0.jsonl") >= 1),
+    # step 3 of 4 run: the checkpoint of step 2 written, step 3 not logged
+    "train": ("train:step-3", lambda root: (root / "train" / "checkpoints" / "step-000002" / "meta.json").is_file()
+              and _lines(root / "train" / "train_log.jsonl") == 2),
+    # 1 of 3 samples in the manifest
+    "generate": ("generate:sample-written", lambda root: _lines(root / "generate" / "manifest.jsonl") == 1),
+    # scored; the report folder half written
+    "evaluate": ("evaluate:report-started", lambda root: (root / "evaluate.partial" / "per_sample.csv").is_file()
+                 and not (root / "evaluate.partial" / "summary.json").exists()),
 }
 
 
 def _kill_during(root: Path, stage: str, log: Path) -> str:
-    """Start the pipeline, SIGKILL its whole process group when ``stage`` reaches its kill point; its stdout."""
+    """Start the pipeline, SIGKILL its whole process group once ``stage`` is held at its kill point; its stdout."""
+    point, on_disk = KILL_POINTS[stage]
+    holds = root.parent / f"holds-{stage}"
     with open(log, "w") as handle:
-        proc = subprocess.Popen(command(root), cwd=root.parent, env=env(), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        deadline = time.time() + 900
-        while not KILL_POINTS[stage](root):
-            assert proc.poll() is None, f"pipeline ended before {stage}'s kill point:\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"no kill point for {stage}"
-            time.sleep(POLL)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert _running(root, stage), f"{stage} finished before the kill landed"
+        proc = subprocess.Popen(command(root), cwd=root.parent, env=hold_env(holds, point), stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_hold(holds, proc, lambda: log.read_text(errors="replace"))
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert _running(root, stage) and on_disk(root), f"{stage}: not at its kill point"
     return log.read_text()
 
 
@@ -202,19 +207,22 @@ def test_unwritable_output_folder_fails_with_one_line_and_keeps_earlier_outputs(
 def test_dead_msrun_worker_fails_the_stage_and_names_its_log(reference):
     root = copy_reference(reference, "msrun")
     logs = root / "log" / "pipeline" / "msrun_train"
-    with open(root.parent / "msrun-pipeline.log", "w") as handle:
-        proc = subprocess.Popen(command(root, "--nproc", "2", "--force", "train",
-                                        ), cwd=root.parent, env=env(), stdout=handle, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        pid, deadline = None, time.time() + 600
-        while pid is None:  # worker 1 has joined the job: its MindSpore log lines carry its process id
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-            text = (logs / "worker_1.log").read_text(errors="replace") if (logs / "worker_1.log").is_file() else ""
-            match = re.search(r"This node 1 rank id", text) and re.search(r"DISTRIBUTED\((\d+),", text)
-            pid = int(match.group(1)) if match else None
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=600)
+    holds = root.parent / "holds-msrun"
+    log = root.parent / "msrun-pipeline.log"
+    with open(log, "w") as handle:  # both workers hold after their first step; worker 1 is killed there
+        proc = subprocess.Popen(command(root, "--nproc", "2", "--force", "train"), cwd=root.parent,
+                                env=hold_env(holds, "train:step-1"), stdout=handle, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            worker_1 = wait_for_hold(holds, proc, lambda: log.read_text(errors="replace"), rank="1")
+            os.kill(int(worker_1.name), signal.SIGKILL)
+            _, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for marker in holds.iterdir():  # releases a worker that outlived the job, should one have
+                marker.unlink()
     assert proc.returncode != 0
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: stage train failed"), stderr

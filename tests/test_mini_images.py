@@ -18,17 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIP_YAML, SD_YAML = ROOT / "configs/mini/clip.yaml", ROOT / "configs/mini/sd.yaml"
 ASSETS = ROOT / "research/pmg/assets/mini"
 
-# Acceptance thresholds, set from the measured values of the committed weights (README: "Measured") with margin.
-# Generated images vs the 49 evaluation captions (7 per theme): chance is 1/49 = 0.020 for top-1 and 1/7 for theme.
-# Acceptance (issue #10) for mini-SD samples judged by CLIP-mini over the 49 evaluation captions (chance: top-1
-# 0.020, theme 0.143). Half met: the committed model measures top-1 0.245 (12 of 49), top-5 0.510, theme 0.429
-# (21 of 49; VAE reconstructions of the real stickers reach only 0.388, so the 17.8 dB VAE is the limit, see
-# research/pmg/mini/README.md); the test asserts the measured floors and reports the theme gap as an expected failure.
-# Acceptance of the committed mini SD's samples, judged by CLIP-mini over the 49 evaluation captions (chance 0.020
-# top-1, 0.143 theme). Measured 0.184 (9 of 49) and 0.469 (23 of 49): margins of two and four captions.
-MIN_GENERATED_TOP1 = 0.14  # 7 of 49, 7x chance
-MIN_GENERATED_THEME = 0.40  # 20 of 49, 2.8x chance
-MIN_REAL_TOP1_ALL = 0.65  # CLIP-mini sanity: real stickers vs all 347 captions (chance 0.003; measured 0.758)
+# Acceptance targets of the committed mini SD (research/pmg/mini/README.md, "Measured"): one DDIM sample per
+# evaluation caption, judged by CLIP-mini over the 49 evaluation captions (chance 1/49 = 0.020 top-1, 1/7 = 0.143
+# theme). The committed export measures top-1 0.184 (9 of 49) and theme 0.469 (23 of 49): both targets are met
+# (the evaluation is deterministic on CPU: the same numbers every run).
+TARGET_GENERATED_TOP1 = 0.15
+TARGET_GENERATED_THEME = 0.45
+# CLIP-mini on the 347 real stickers against all 347 captions, as measured with the committed weights (README:
+# top-1 0.758, top-5 0.960, theme 0.974; chance 0.003 / 0.014 / 0.20): 263, 333 and 338 of 347.
+MEASURED_REAL_RETRIEVAL = {"top1": 263 / 347, "top5": 333 / 347, "theme": 338 / 347}
 
 TINY_CLIP = ["data.themes=[cats, hearts]", "model.projection_dim=32",
              "model.text_config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,"
@@ -274,7 +272,7 @@ def test_committed_weights_match_their_manifest(kind):
     assert size < 6_000_000, f"{folder}: {size} bytes"
 
 
-def test_committed_clip_retrieves_real_sticker_captions(runtime):
+def test_committed_clip_does_not_regress_below_measured_real_sticker_retrieval(runtime):
     from research.pmg.config import ClipConfig
     from research.pmg.generate.scorer import ClipScorer, clip_image_processor
     from research.pmg.mini.images import load_sticker_images
@@ -287,11 +285,14 @@ def test_committed_clip_retrieves_real_sticker_captions(runtime):
     data = load_sticker_images(32, load_mini_config(MiniClipConfig, CLIP_YAML).data.themes)
     m = retrieval_metrics(scorer.image_features(data.images), scorer.text_features(data.captions),
                           np.arange(len(data)), data.themes)
-    assert m["top1"] >= MIN_REAL_TOP1_ALL, m
+    assert m["num_images"] == m["num_captions"] == 347
+    below = {k: (m[k], measured) for k, measured in MEASURED_REAL_RETRIEVAL.items() if m[k] < measured - 1e-12}
+    assert not below, below
 
 
 def test_committed_mini_sd_samples_match_their_captions(runtime):
-    """Acceptance (issue #10): one DDIM sample per evaluation caption, judged by CLIP-mini, well above chance."""
+    """Acceptance (issue #10, targets in research/pmg/mini/README.md): one DDIM sample per evaluation caption, judged
+    by CLIP-mini: top-1 >= 0.15 (7x chance) and theme >= 0.45 (3x chance)."""
     from research.pmg.mini.images import load_sticker_images
     from research.pmg.mini.sd_train import evaluate_sd
 
@@ -301,9 +302,10 @@ def test_committed_mini_sd_samples_match_their_captions(runtime):
     metrics, images, rows = evaluate_sd(sd_folder, clip_folder, cfg.eval, runtime, data, cfg.tokenizer_max_length)
     generated = metrics["generated_vs_eval_captions"]
     assert images.shape == (len(rows), 32, 32, 3) and generated["num_captions"] == len(rows) == 49
-    assert metrics["real_vs_eval_captions"]["top1"] >= 0.9, metrics  # the judge recognises the real stickers
-    assert MIN_GENERATED_TOP1 > 5 * generated["chance_top1"] and MIN_GENERATED_THEME > 2.5 * generated["chance_theme"]
-    assert generated["top1"] >= MIN_GENERATED_TOP1 and generated["theme"] >= MIN_GENERATED_THEME, generated
+    # precondition, not a target: the judge recognises the real stickers (measured 48 of 49; chance 1 of 49)
+    assert metrics["real_vs_eval_captions"]["top1"] >= 0.9, metrics
+    assert generated["chance_top1"] == pytest.approx(1 / 49) and generated["chance_theme"] == pytest.approx(1 / 7)
+    assert generated["top1"] >= TARGET_GENERATED_TOP1 and generated["theme"] >= TARGET_GENERATED_THEME, generated
 
 
 def test_mini_pmg_config_builds_the_stage_models_from_the_committed_weights(runtime, monkeypatch):

@@ -250,29 +250,40 @@ def held_out_run(runtime, committed, held_out, tmp_path_factory):
 
 
 def test_committed_model_answers_held_out_users_in_the_keyword_format(held_out_run):
-    """Regression floor of the committed model: every answer is a parseable list, scores at least the measured ones.
-
-    Measured (seed 7, 16 samples): F1 preference 0.64 (character 0.56, emotion 0.54, style 0.81), target 0.61
-    (character 0.20, emotion 0.71, style 0.91); exact match of all answers 0.35. Floors leave a margin; the
-    500-step model committed before (answering each attribute with its usual keywords) had preference 0.38,
-    target 0.19 and fails them.
-    """
-    statuses, scores = held_out_run["statuses"], held_out_run["scores"]
+    """Every answer of the committed model to the keyword stage's prompts parses as a keyword list (README-llm.md:
+    "all answers parse, no sample fails"): 16 samples x (3 preference + 3 target) answers."""
+    statuses = held_out_run["statuses"]
     assert held_out_run["samples"] == 16 and statuses["failed"] == 0 and statuses["ok"] == 16
-    assert statuses["answers"]["ok"] == statuses["samples"] * 6  # 3 preference + 3 target answers, all parsed
-    assert scores["preference"]["f1"] >= 0.55 and scores["preference/character"]["f1"] >= 0.45
-    assert scores["preference/emotion"]["f1"] >= 0.4 and scores["preference/style"]["f1"] >= 0.7
-    assert scores["target"]["f1"] >= 0.5 and scores["target/style"]["f1"] >= 0.8
+    assert statuses["answers"]["ok"] == statuses["samples"] * 6
 
 
-@pytest.mark.xfail(strict=True, reason="partly met: the 2,000-step model reads the history (preference F1 0.64, "
-                                       "character 0.56 on these users, 0.75 / 0.79 on the manifest's) but does not "
-                                       "yet reach the acceptance; target character phrases are weak (README-llm.md)")
+# The committed model's F1 on these 16 held-out samples (seed-7 users), as measured (evaluate_keywords rounds to 4
+# decimals; greedy decoding on CPU gives the same answers every run). The 500-step model committed before scored
+# preference 0.38 and target 0.19.
+MEASURED_F1 = {"preference": 0.6396, "preference/character": 0.5625, "preference/emotion": 0.5437,
+               "preference/style": 0.8125, "target": 0.6089, "target/character": 0.2044, "target/emotion": 0.7111,
+               "target/style": 0.9111}
+
+
+def test_committed_model_does_not_regress_below_measured_held_out_scores(held_out_run):
+    scores = held_out_run["scores"]
+    below = {name: (scores[name]["f1"], measured) for name, measured in MEASURED_F1.items()
+             if scores[name]["f1"] < measured}
+    assert not below, below
+
+
+# The acceptance targets (README-llm.md).
+ACCEPTANCE_F1 = {"preference/character": 0.8, "preference": 0.7, "target": 0.8}
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "targets: F1 preference/character >= 0.8, preference >= 0.7, target >= 0.8 (README-llm.md); measured on these "
+    "16 held-out samples 0.5625, 0.6396, 0.6089 (0.79 / 0.75 / 0.67 on the manifest's seed-1 users): the 2,000-step "
+    "model reads the history but target character phrases are weak"))
 def test_committed_model_reaches_the_acceptance_scores(held_out_run):
     scores = held_out_run["scores"]
-    assert scores["preference/character"]["f1"] >= 0.8
-    assert scores["preference"]["f1"] >= 0.7
-    assert scores["target"]["f1"] >= 0.8
+    for name, target in ACCEPTANCE_F1.items():
+        assert scores[name]["f1"] >= target, (name, scores[name])
 
 
 def test_committed_model_names_the_cat_lovers_character(runtime, committed, tmp_path):

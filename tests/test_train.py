@@ -256,17 +256,73 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_two_worker_msrun_equals_one_worker_on_the_same_global_batch(tmp_path, prepared):
-    """Data parallel over msrun with 2 CPU workers: replicas agree, and match 1 worker with the whole batch;
-    the logged training and held-out losses are the global batch's (averaged over the workers), not rank 0's."""
+# The training command (research/pmg/train/__main__.py, unchanged) with one addition for the test: the step's
+# gradient reducer (MindONE's GradAccumulator.grad_reducer: the data-parallel all-reduce, an identity alone) is
+# wrapped to keep a copy of what it returns at the first step, saved at the end as grads-<rank>-of-<world>.npz.
+# The wrapper sits inside the step's one compiled graph, so it costs no extra compilation.
+GRADIENT_RECORDER = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from research.pmg.cli import run
+from research.pmg.train import build
+from research.pmg.train.__main__ import main
+
+OUT = Path(sys.argv[1])
+built, trainers = build.build_trainer, []
+
+
+class FirstReduced(nn.Cell):
+    def __init__(self, reducer, params):
+        super().__init__()
+        self.reducer = reducer
+        self.first = params.clone(prefix="first_reduced", init="zeros")
+        self.calls = ms.Parameter(ms.Tensor(0, ms.int32), name="first_reduced_calls", requires_grad=False)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads):
+        grads = self.reducer(grads)
+        if self.calls == 0:
+            self.hyper_map(ops.assign, self.first, grads)
+        ops.assign_add(self.calls, ms.Tensor(1, ms.int32))
+        return grads
+
+
+def build_and_record(*args, **kwargs):
+    trainer = built(*args, **kwargs)
+    accumulator = trainer.step_cell.grad_accumulator
+    accumulator.grad_reducer = FirstReduced(accumulator.grad_reducer, trainer.step_cell.parameters)
+    trainers.append(trainer)
+    return trainer
+
+
+build.build_trainer = build_and_record
+code = run(main, sys.argv[2:])
+for trainer in trainers:
+    recorder = trainer.step_cell.grad_accumulator.grad_reducer
+    np.savez(OUT / f"grads-{trainer.rank}-of-{trainer.world}.npz", calls=recorder.calls.asnumpy(),
+             **{p.name: g.asnumpy() for p, g in zip(trainer.step_cell.parameters, recorder.first)})
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def data_parallel_runs(tmp_path_factory, prepared):
+    """The same 3 training steps run twice: one worker with the global batch of 2, and 2 msrun CPU workers with 1
+    sample each (one msrun launch: its start-up is slow). Returns the folder, both runs' logs and the gradients
+    each worker recorded at the start (GRADIENT_RECORDER)."""
     import json
     import os
-    import re
     import shutil
     import subprocess
     import sys
     from pathlib import Path
 
+    tmp_path = tmp_path_factory.mktemp("data-parallel")
     keywords = tmp_path / "keywords.jsonl"
     with open(keywords, "w") as handle:
         for sample_id, record in metadata_keywords(prepared).items():
@@ -274,23 +330,39 @@ def test_two_worker_msrun_equals_one_worker_on_the_same_global_batch(tmp_path, p
             handle.write(json.dumps({"id": sample_id, "user_id": sample.user_id, "target": sample.target,
                                      "status": "ok", "preference_keywords": record.preference_keywords or ["x"],
                                      "target_keywords": record.target_keywords or ["x"]}) + "\n")
+    script = tmp_path / "train_recording_gradients.py"
+    script.write_text(GRADIENT_RECORDER)
+    grads = tmp_path / "grads"
+    grads.mkdir()
     repo = Path(__file__).resolve().parent.parent
-    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--no-progress", "--set", f"data.out={prepared.root}",
-              "--set", f"train.keywords={keywords}", "--set", "train.max_steps=3", "--set", "train.warmup_steps=1",
-              "--set", "train.lr=1e-2", "--set", "train.save_every=0", "--set", "train.eval_every=0"]
+    common = [str(script), str(grads), "--config", str(repo / "configs" / "tiny.yaml"), "--no-progress",
+              "--set", f"data.out={prepared.root}", "--set", f"train.keywords={keywords}", "--set", "train.max_steps=3",
+              "--set", "train.warmup_steps=1", "--set", "train.lr=1e-2", "--set", "train.save_every=0",
+              "--set", "train.eval_every=0"]
     env = dict(os.environ, PYTHONPATH=str(repo), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    single = subprocess.run([sys.executable, "-m", "research.pmg.train", *common, "--set",
-                             f"runtime.output_dir={tmp_path / 'single'}", "--set", "train.batch_size=2"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-2000:]
+    single = subprocess.run([sys.executable, *common, "--set", f"runtime.output_dir={tmp_path / 'single'}",
+                             "--set", "train.batch_size=2"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=900)
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
     logs = tmp_path / "msrun"
     multi = subprocess.run([shutil.which("msrun", path=env["PATH"]), "--worker_num=2", "--local_worker_num=2",
-                            f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True",
-                            str(repo / "research" / "pmg" / "train" / "__main__.py"), *common, "--set",
-                            f"runtime.output_dir={tmp_path / 'multi'}", "--set", "train.batch_size=1"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                            f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True", *common,
+                            "--set", f"runtime.output_dir={tmp_path / 'multi'}", "--set", "train.batch_size=1"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     worker_logs = "".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker_*.log")))
     assert multi.returncode == 0, worker_logs[-3000:]
+    return {"path": tmp_path, "worker_logs": worker_logs,
+            "grads": {name: dict(np.load(grads / f"grads-{name}.npz"))
+                      for name in ("0-of-1", "0-of-2", "1-of-2")}}
+
+
+def test_two_worker_msrun_equals_one_worker_on_the_same_global_batch(data_parallel_runs):
+    """Data parallel over msrun with 2 CPU workers: replicas agree, and match 1 worker with the whole batch;
+    the logged training and held-out losses are the global batch's (averaged over the workers), not rank 0's."""
+    import json
+    import re
+
+    tmp_path, worker_logs = data_parallel_runs["path"], data_parallel_runs["worker_logs"]
     checksums = re.findall(r"rank (\d): trainable checksum (\w+)", worker_logs)
     assert sorted(r for r, _ in checksums) == ["0", "1"] and len({c for _, c in checksums}) == 1
     one, two = (_soft(tmp_path / run / "train" / "checkpoints" / "step-000003") for run in ("single", "multi"))
@@ -303,3 +375,30 @@ def test_two_worker_msrun_equals_one_worker_on_the_same_global_batch(tmp_path, p
     for key in ("loss", "eval_loss"):
         got, want = ([r[key] for r in logs[run] if key in r] for run in ("multi", "single"))
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=key)
+
+
+# Of the largest entry of each gradient: one worker on 2 samples and two on 1 each sum the same float32 terms in
+# another order (measured: at most 2.4e-6 of it, in the map's weight; the prefix gradients are ~1e-5, so an
+# absolute tolerance would say nothing). A sum instead of the mean is off by the whole gradient, 1.0 of it.
+GRAD_RTOL = 1e-5
+
+
+def test_two_workers_reduce_gradients_to_their_mean(data_parallel_runs):
+    """The reduced gradient at the first step on each of 2 msrun workers (1 sample each: after the step's
+    all-reduce, what it unscales, clips and hands the optimizer) equals one worker's gradient on the union of both
+    samples: the mean over the workers.
+
+    Adam all but ignores a constant factor on the gradient (exactly, for gradients far above its eps of 1e-6): the
+    parameters after training (test above) tell a sum from the mean only because the tiny model's prefix gradients
+    (~1e-5) are near eps. The reduced gradient itself tells them apart at any size: a sum is twice the mean."""
+    grads = data_parallel_runs["grads"]
+    single, rank0, rank1 = grads["0-of-1"], grads["0-of-2"], grads["1-of-2"]
+    assert int(single["calls"]) == int(rank0["calls"]) == int(rank1["calls"]) == 3  # one optimizer step per step
+    names = [name for name in single if name != "calls"]
+    assert len(names) == 4  # prefix, multimodal tokens, map weight and bias
+    for name in names:
+        union = single[name]
+        scale = float(np.abs(union).max())
+        assert scale > 0, name
+        np.testing.assert_array_equal(rank0[name], rank1[name])  # both workers hold the same reduced gradient
+        np.testing.assert_allclose(rank0[name], union, rtol=0, atol=GRAD_RTOL * scale, err_msg=name)

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from research.pmg import ownership
+from research.pmg import ownership, testhooks
 from research.pmg.cli import USER_ERROR_EXIT, ArgumentParser, add_config_args, add_field_flag, field_overrides
 from research.pmg.config import ConfigError, load_config
 from research.pmg.config.data import DataConfig
@@ -85,6 +85,7 @@ def prepare(scenario: str, cfg: DataConfig, *, output_dir: str = "output", progr
             for _ in tqdm(pool.map(copy, items), total=len(items), desc="copy images", unit=" img", leave=False,
                           disable=None if progress else True):
                 pass
+        testhooks.hold("prepare", "images-copied")
         write_atomic(staging / ITEMS_FILE, to_jsonl([i.to_json() for i in items]))
         write_atomic(staging / SAMPLES_FILE, to_jsonl([s.to_json() for s in result.samples]))
         write_atomic(staging / ISSUES_FILE, "".join(f"{issue}\n" for issue in report.issues))

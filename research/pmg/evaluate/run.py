@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from research.pmg import ownership
+from research.pmg import ownership, testhooks
 from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.errors import PMGError
 from research.pmg.evaluate import report
@@ -139,6 +139,7 @@ def evaluate(ecfg: EvaluateConfig, *, data: PreparedData, method_images: Mapping
     gallery_rows = _gallery_rows(samples, records, data, keywords, ecfg.gallery_samples)
     with ownership.staged(out, "evaluate") as tmp:
         report.per_sample_csv(tmp / "per_sample.csv", records, metrics)
+        testhooks.hold("evaluate", "report-started")
         report.results_csv(tmp / "results.csv", results, metrics)
         report.comparison_csv(tmp / "comparison.csv", comparisons, baseline, metrics)
         write_synced(tmp / "results.md",

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
+from research.pmg import testhooks
 from research.pmg.errors import PMGError
 from research.pmg.files import write_atomic
 
@@ -96,6 +97,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    testhooks.hold("generate", "sample-written")
 
 
 def check_settings(folder: Path, settings: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from research.pmg import testhooks
 from research.pmg.config.keywords import KeywordsConfig
 from research.pmg.files import to_jsonl, write_atomic
 from research.pmg.keywords.cache import AnswerCache, cache_key
@@ -82,6 +83,7 @@ class Extractor:
                 chunk = todo[start:start + size]
                 texts = self.llm.generate(chunk)
                 self.cache.put_many((keys[p], self.llm.model_id, self.templates.id, t) for p, t in zip(chunk, texts))
+                testhooks.hold("keywords", "batch-cached")
                 self.stats.generated += len(chunk)
                 self.stats.by_phase[phase] = self.stats.by_phase.get(phase, 0) + len(chunk)
                 bar.update(len(chunk))

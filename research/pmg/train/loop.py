@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
-from research.pmg import ownership
+from research.pmg import ownership, testhooks
 from research.pmg.checkpoints import newest_checkpoint
 from research.pmg.config import PMGConfig, dump_config
 from research.pmg.errors import PMGError
@@ -108,6 +108,7 @@ class Trainer:
                 yield self._inputs(rows, step, micro, stream=0)
 
         def record(step: Step) -> dict:
+            testhooks.hold("train", f"step-{step.done}")  # after the step, before its checkpoint and log line
             line = {"step": step.done, "loss": step.loss, "lr": float(self.learning_rates[step.done - 1])}
             if (train.eval_every and step.done % train.eval_every == 0) or step.done == train.max_steps:
                 ev = self.eval_loss()  # on every worker: the held-out loss is averaged over them
