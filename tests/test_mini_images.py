@@ -131,22 +131,28 @@ def test_one_step_lowers_each_trainers_loss(pynative, runtime, tmp_path):
     from research.pmg.mini.sd_train import unet_loss_cell, vae_loss_cell
     from research.pmg.models.diffusion import build_scheduler
     from research.pmg.models.tokenizers import load_clip_tokenizer
+    from research.pmg.runtime import seed_everything
 
     cfg = load_mini_config(MiniClipConfig, CLIP_YAML, TINY_CLIP + ["train.lr=1e-4", "train.warmup_steps=0"])
     data = load_sticker_images(32, ["cats", "hearts"])
     tok = load_clip_tokenizer(build_caption_tokenizer(data.captions, cfg.tokenizer, tmp_path / "tok", 32), 32)
     rows = np.arange(8)
+    # Random init, seeded here: unseeded, the weights came from whatever the worker ran before, and with some of
+    # them one step raised the contrastive loss (2.354 -> 2.425 in a clean-clone run), so the verdict hung on test order
+    seed_everything(0)
     clip = build_clip_model(cfg, tok)
     _lowers(contrastive_loss_cell(clip), cfg.train,
             (ms.Tensor(clip_pixels(data.images[rows])), ms.Tensor(caption_ids(tok, [data.captions[i] for i in rows]))))
 
     sd = load_mini_config(MiniSDConfig, SD_YAML, TINY_SD + ["vae_train.warmup_steps=0", "unet_train.warmup_steps=0",
                                                       "vae_train.lr=1e-4", "unet_train.lr=1e-4"])
+    seed_everything(0)
     vae = AutoencoderKL.from_config(dict(sd.vae, sample_size=32))
     rng = np.random.default_rng(0)
     eps = ms.Tensor(rng.standard_normal((8, 4, 16, 16)).astype(np.float32))
     _lowers(vae_loss_cell(vae, 1e-6), sd.vae_train, (ms.Tensor(signed(data.images[rows])), eps))
 
+    seed_everything(0)
     unet = UNet2DConditionModel.from_config(dict(sd.unet))
     scheduler = build_scheduler(sd.scheduler)
     alphas = scheduler.alphas_cumprod.asnumpy()
