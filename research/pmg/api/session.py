@@ -34,6 +34,7 @@ from research.pmg.api.result import Candidate, Personalized
 from research.pmg.config import PMGConfig, load_config
 from research.pmg.errors import short_repr
 from research.pmg.examples import Example, render_history_prompt
+from research.pmg.integrity import sha256_file
 from research.pmg.layout import Layout
 from research.pmg.records.samples import Item, PreparedData, Sample
 
@@ -192,8 +193,8 @@ class PMG:
             if matches:
                 index, sample = matches[0]
                 return sample, index
-        content = [[item.to_json() | {"image": _file_digest(path)} for item, path in zip(history, history_paths)],
-                   target.to_json() | {"image": _file_digest(target_path)}, list(conversation)]
+        content = [[item.to_json() | {"image": sha256_file(path)} for item, path in zip(history, history_paths)],
+                   target.to_json() | {"image": sha256_file(target_path)}, list(conversation)]
         digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         sample = Sample(id=f"request-{digest[:12]}", user_id="request", history=ids, target=target.id,
                         split="test", conversation=conversation)
@@ -279,7 +280,3 @@ class PMG:
         trained = any(self.layout.checkpoints.glob(f"step-*/{SOFT_FILE}"))
         return str(self.layout.train) if trained else ""
 
-
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
