@@ -7,7 +7,7 @@
 MindSpore side: the project's real step, built the way ``research.pmg.train.build`` builds it (``build_llm``,
 ``build_diffusion_parts``, ``SoftPreferenceEncoder``, ``PMGDiffusionLoss``, ``build_train_step``) from
 configs/tiny.yaml (size ``tiny``) or tiny.yaml plus the overrides in ``SIZES`` (``small``), fed a fixed batch
-of cached-encoding inputs: left-padded prompt ids, scaled latents, target and preference CLIP contexts, noise
+of cached-encoding inputs: right-padded prompt ids, scaled latents, target and preference CLIP contexts, noise
 and timesteps. PyTorch side: the same function in transformers + diffusers, configured from the same numbers:
 ``LlamaModel`` with the P-Tuning v2 prefix as per-layer past key/values and the L trainable input embeddings
 appended, a ``Linear`` map, context = target + preference + soft tokens into ``UNet2DConditionModel``; AdamW
@@ -85,8 +85,8 @@ def bench_config(size: str, extra: list[str], output_dir: str, mode: str = "grap
 def make_batch(cfg: PMGConfig) -> dict[str, np.ndarray]:
     """One fixed training batch of cached-encoding inputs, in ``PMGDiffusionLoss`` argument order.
 
-    prompt_ids ``(b, seq_length - L)`` int32, left-padded: the first row's prompt fills a quarter of it, the
-    last row's all of it, so the key-padding mask takes part; latents and noise ``(b, c, s, s)``; target_ctx
+    prompt_ids ``(b, seq_length - L)`` int32, right-padded: the first row's prompt fills a quarter of it, the
+    last row's all of it, so each row's L tokens sit at a different place; latents and noise ``(b, c, s, s)``; target_ctx
     and pref_ctx ``(b, tokenizer_max_length, ctx_dim)``; timesteps ``(b,)`` int32. Noise and timesteps come
     from the trainer's own generator.
     """
@@ -97,8 +97,8 @@ def make_batch(cfg: PMGConfig) -> dict[str, np.ndarray]:
     prompt_len = llm.seq_length - cfg.models.soft_preference.num_mm_tokens
     ids = np.full((batch, prompt_len), llm.pad_token_id, np.int32)
     for row, length in enumerate(np.linspace(prompt_len // 4, prompt_len, batch).astype(int)):
-        ids[row, prompt_len - length:] = rng.integers(3, llm.vocab_size, length)
-        ids[row, prompt_len - length] = llm.bos_token_id
+        ids[row, :length] = rng.integers(3, llm.vocab_size, length)
+        ids[row, 0] = llm.bos_token_id
     unet = diffusion.unet
     shape = (batch, unet.get("in_channels", 4), unet["sample_size"], unet["sample_size"])
     noise, timesteps, _ = step_noise(shape, diffusion.scheduler.num_train_timesteps, 0, 0, cfg.runtime.seed)
@@ -263,12 +263,18 @@ def build_torch(cfg: PMGConfig, data: Path | None):
             cache = DynamicCache()
             for layer in range(llm.num_layers):
                 cache.update(kv[2 * layer], kv[2 * layer + 1], layer)
-            embeds = torch.cat((self.llama.embed_tokens(prompt_ids), self.mm_tokens[None].expand(batch, -1, -1)), 1)
-            visible = torch.ones(batch, soft.prefix_len + prompt_ids.shape[1] + n_mm, dtype=torch.long)
-            visible[:, soft.prefix_len:soft.prefix_len + prompt_ids.shape[1]] = prompt_ids != llm.pad_token_id
+            # Right padding: row i's text (n_i tokens), its L tokens at n_i .. n_i + L - 1, then pads (not attended).
+            lengths = (prompt_ids != llm.pad_token_id).sum(1)
+            ids = torch.cat((prompt_ids, torch.full((batch, n_mm), llm.pad_token_id)), 1)
+            embeds = self.llama.embed_tokens(ids)
+            rows = torch.arange(batch)[:, None]
+            slots = lengths[:, None] + torch.arange(n_mm)[None]  # (b, L)
+            embeds = embeds.index_put((rows.expand(-1, n_mm), slots), self.mm_tokens[None].expand(batch, -1, -1))
+            visible = torch.ones(batch, soft.prefix_len + ids.shape[1], dtype=torch.long)
+            visible[:, soft.prefix_len:] = torch.arange(ids.shape[1])[None] < (lengths + n_mm)[:, None]
             hidden = self.llama(inputs_embeds=embeds, attention_mask=visible, past_key_values=cache,
                                 position_ids=self.positions.expand(batch, -1), use_cache=True).last_hidden_state
-            return self.to_context(hidden[:, -n_mm:])
+            return self.to_context(hidden[rows, slots])
 
         def forward(self, prompt_ids, latents, target_ctx, pref_ctx, noise, timesteps):
             groups = [target_ctx * train.target_weight]

@@ -43,8 +43,10 @@ def gen_settings(**changes) -> GenerateConfig:
 def models(gen_cfg, runtime, tiny_tokenizers, tiny_diffusion):
     from research.pmg.models import build_clip_parts
     from research.pmg.models.conditioning import encode_texts
+    from research.pmg.runtime import seed_everything
 
     sd = tiny_diffusion
+    seed_everything(gen_cfg.runtime.seed)  # random-init CLIP: the same whatever ran before in this worker
     clip = build_clip_parts(gen_cfg, runtime, tiny_tokenizers)
     pipeline = GenerationPipeline(sd, generation_scheduler(gen_cfg, gen_settings()), steps=STEPS, guidance=7.5,
                                   micro_batch=4)

@@ -239,6 +239,7 @@ def llm_cfg(runtime):
 
 @pytest.fixture(scope="module")
 def engines(llm_cfg, runtime):
+    """Three engines on the same random-init weights: KeywordLLM re-seeds before it builds them (engine.py)."""
     from research.pmg.keywords.engine import KeywordLLM
 
     kcfg = KeywordsConfig(max_new_tokens=MAX_NEW, batch_size=4)

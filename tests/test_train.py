@@ -7,6 +7,7 @@ import mindspore as ms
 
 from research.pmg.config import TrainConfig
 from research.pmg.examples import tokenize_prompts
+from research.pmg.models.soft_preference import fit_to_bucket
 from research.pmg.runtime import set_execution_mode
 from research.pmg.train import dataset as ds
 from research.pmg.train.step import learning_rates
@@ -31,13 +32,13 @@ def test_batches_are_epoch_permutations_and_a_function_of_the_step():
     np.testing.assert_array_equal(ds.batch_indices(10, 0, 1, 2, 4, seed=3), rows[1])
 
 
-def test_left_padding_keeps_bos_and_most_recent_tokens():
+def test_right_padding_keeps_bos_and_most_recent_tokens():
     class Tok:
         def __call__(self, text, add_special_tokens=True):
             return SimpleNamespace(input_ids=[1] + [int(w) for w in text.split()])
 
     ids = tokenize_prompts(Tok(), ["5 6", "5 6 7 8 9"], prompt_len=4, pad_id=0)
-    np.testing.assert_array_equal(ids, [[0, 1, 5, 6], [1, 7, 8, 9]])
+    np.testing.assert_array_equal(ids, [[1, 5, 6, 0], [1, 7, 8, 9]])
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +71,27 @@ def _soft(path):
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path / "soft_preference.ckpt")).items()}
 
 
-def test_resume_equals_uninterrupted_and_only_soft_parts_change(tmp_path, runtime, prepared):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, runtime, prepared):
+    """6 steps of make_trainer's run, uninterrupted and unbucketed: (trainer, parameters before, result, folder)."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
     trainer = make_trainer(tmp_path, runtime, prepared)
-    frozen = {n: p.asnumpy().copy() for n, p in trainer.loss_net.parameters_and_names() if not p.requires_grad}
-    trainable = {n: p.asnumpy().copy() for n, p in trainer.loss_net.parameters_and_names() if p.requires_grad}
+    before = {n: p.asnumpy().copy() for n, p in trainer.loss_net.parameters_and_names()}
+    return trainer, before, trainer.run(tmp_path / "full", resume=False, progress=False), tmp_path / "full"
+
+
+def test_resume_equals_uninterrupted_and_only_soft_parts_change(tmp_path, runtime, prepared, uninterrupted):
+    trainer, before, full, full_dir = uninterrupted
+    frozen = {n: before[n] for n, p in trainer.loss_net.parameters_and_names() if not p.requires_grad}
+    trainable = {n: before[n] for n, p in trainer.loss_net.parameters_and_names() if p.requires_grad}
     assert sorted(trainable) == ["encoder.mm_tokens", "encoder.prefix_encoder.mindpet_delta_ptuning2_embedding."
                                  "embedding_table", "encoder.to_context.bias", "encoder.to_context.weight"]
-    full = trainer.run(tmp_path / "full", resume=False, progress=False)
     assert full.steps_done == 6 and len(full.losses) == 6 and sorted(full.eval_losses) == [3, 6]
     after = dict(trainer.loss_net.parameters_and_names())
     assert all(np.array_equal(frozen[n], after[n].asnumpy()) for n in frozen), "a frozen weight changed"
     assert all(not np.array_equal(trainable[n], after[n].asnumpy()) for n in trainable)
-    assert [p.name for p in (tmp_path / "full" / "checkpoints").iterdir()] and \
-        sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == ["step-000002", "step-000004",
-                                                                                 "step-000006"]
+    assert sorted(p.name for p in (full_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004",
+                                                                             "step-000006"]
 
     first = make_trainer(tmp_path, runtime, prepared)
     part = first.run(tmp_path / "resumed", resume=True, progress=False, stop_after=3)
@@ -92,13 +100,39 @@ def test_resume_equals_uninterrupted_and_only_soft_parts_change(tmp_path, runtim
     rest = second.run(tmp_path / "resumed", resume=True, progress=False)
     assert rest.steps_done == 6 and len(rest.losses) == 3
     np.testing.assert_allclose(rest.losses, full.losses[3:], rtol=1e-6)
-    a, b = _soft(tmp_path / "full" / "checkpoints" / "step-000006"), _soft(tmp_path / "resumed" / "checkpoints" /
-                                                                          "step-000006")
+    a, b = _soft(full_dir / "checkpoints" / "step-000006"), _soft(tmp_path / "resumed" / "checkpoints" / "step-000006")
     assert sorted(a) == sorted(b)
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=1e-6)
     log = (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_length_buckets_train_as_the_full_length(tmp_path, runtime, prepared, uninterrupted, monkeypatch):
+    """models.soft_preference.length_buckets: each micro-batch runs at the smallest bucket that holds its longest
+    prompt (here 92 or 124 tokens instead of 508) and trains exactly as unbucketed: same losses, held-out losses and
+    soft-preference parameters within 1e-6 after 6 steps (prompts are right-padded, so only pads are cut)."""
+    import research.pmg.train.loop as loop
+
+    widths = []
+
+    def recording(ids, allowed, pad_id):
+        out = fit_to_bucket(ids, allowed, pad_id)
+        widths.append(out.shape[1])
+        return out
+
+    monkeypatch.setattr(loop, "fit_to_bucket", recording)
+    _, _, full, full_dir = uninterrupted  # prompts of 508 tokens (configs/tiny.yaml: seq_length 512, L = 4)
+    bucketed = make_trainer(tmp_path, runtime, prepared, "models.soft_preference.length_buckets=[96,128,256]")
+    cut = bucketed.run(tmp_path / "bucketed", resume=False, progress=False)
+    assert set(widths) == {92, 124}, widths  # both buckets met, the longer two never needed
+    np.testing.assert_allclose(cut.losses, full.losses, rtol=0, atol=1e-6)
+    assert sorted(cut.eval_losses) == sorted(full.eval_losses) == [3, 6]
+    for step in (3, 6):
+        assert cut.eval_losses[step] == pytest.approx(full.eval_losses[step], abs=1e-6)
+    a, b = (_soft(folder / "checkpoints" / "step-000006") for folder in (full_dir, tmp_path / "bucketed"))
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)
 
 
 def test_graph_and_pynative_give_the_same_loss(tmp_path, runtime, prepared):

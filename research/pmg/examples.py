@@ -1,6 +1,6 @@
 """What the trainer and the generator read of one sample: its history prompt, keyword texts and target image.
 
-The history prompt is the bias-correction LLM's input; :func:`tokenize_prompts` pads it on the left to the
+The history prompt is the bias-correction LLM's input; :func:`tokenize_prompts` pads it on the right to the
 static length the soft-preference encoder compiles for (``prompt_len``, see models/soft_preference.py).
 """
 from __future__ import annotations
@@ -36,13 +36,14 @@ def render_history_prompt(titles: list[str]) -> str:
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], prompt_len: int, pad_id: int) -> np.ndarray:
-    """Left-padded ids ``(n, prompt_len)``; over-long prompts keep BOS and their most recent tokens."""
+    """Right-padded ids ``(n, prompt_len)`` (text first; the soft-preference encoder puts its L tokens right after
+    it); over-long prompts keep BOS and their most recent tokens."""
     out = np.full((len(prompts), prompt_len), pad_id, dtype=np.int32)
     for row, prompt in enumerate(prompts):
         ids = tokenizer(prompt, add_special_tokens=True).input_ids
         if len(ids) > prompt_len:
             ids = ids[:1] + ids[len(ids) - prompt_len + 1:]
-        out[row, prompt_len - len(ids):] = ids
+        out[row, :len(ids)] = ids
     return out
 
 

@@ -56,10 +56,21 @@ class SoftPreferenceConfig:
     prefix_projection: bool = False  # reparameterise the prefix through an MLP (P-Tuning v2 option)
     projection_dim: int = 512
     dropout: float = 0.0
+    # LLM sequence lengths (history prompt + the L tokens) below models.llm.seq_length that the bias-correction LLM
+    # may run at: each training micro-batch and each generation prompt takes the smallest that holds its longest
+    # prompt, instead of models.llm.seq_length. Each is a static graph of its own, compiled when first met; results
+    # equal the unbucketed ones (prompts are right-padded). [] = always models.llm.seq_length.
+    length_buckets: list[int] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         check_range(self.prefix_len, 1, 4096, where, "prefix_len")
         check_range(self.num_mm_tokens, 1, 4096, where, "num_mm_tokens")
+        buckets = self.length_buckets
+        check(all(a < b for a, b in zip(buckets, buckets[1:])), where, "length_buckets",
+              f"must be strictly increasing, got {buckets}")
+        check(all(b > self.num_mm_tokens for b in buckets), where, "length_buckets",
+              f"each must be larger than num_mm_tokens ({self.num_mm_tokens}), got {buckets}")
+        check(len(buckets) <= 16, where, "length_buckets", "at most 16 (each is a graph compiled on its own)")
         check_range(self.projection_dim, 1, 1 << 16, where, "projection_dim")
         check(0.0 <= self.dropout < 1.0, where, "dropout", "must be in [0, 1)")
 

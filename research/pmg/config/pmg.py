@@ -37,6 +37,8 @@ class PMGConfig:
                f"must be smaller than models.llm.seq_length ({llm.seq_length})")
         check(self.keywords.max_new_tokens < llm.seq_length, where, "keywords.max_new_tokens",
                f"must be smaller than models.llm.seq_length ({llm.seq_length})")
+        check(all(b < llm.seq_length for b in soft.length_buckets), where, "models.soft_preference.length_buckets",
+               f"each must be smaller than models.llm.seq_length ({llm.seq_length}), got {soft.length_buckets}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

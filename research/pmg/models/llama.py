@@ -111,6 +111,20 @@ def fit_flash_attention_to_prefix(llama: nn.Cell, prefix_len: int) -> int:
     return changed
 
 
+def accept_shorter_inputs(llama: nn.Cell) -> bool:
+    """Let a built Llama run sequences shorter than its ``seq_length`` (the length buckets of the soft preference).
+
+    Rotary frequencies are already sliced to the input's length; MindFormers' causal mask is sliced only when the
+    model was built in PyNative or dynamic-shape mode, and otherwise stays ``seq_length`` square. The flag it reads
+    is a Python constant at compile time, so each input length still compiles to one static graph of its own.
+    Returns whether there was a mask to change (a stand-in without a MindFormers model has none).
+    """
+    mask = getattr(getattr(llama, "model", None), "casual_mask", None)
+    if mask is not None:
+        mask.is_pynative = True
+    return mask is not None
+
+
 def build_prefix_encoder(llm: LlamaConfig, soft: SoftPreferenceConfig, parallel_config=None) -> nn.Cell:
     """The trainable P-Tuning v2 prefix: ``prefix_len`` key/value vectors for every layer.
 

@@ -23,7 +23,7 @@ from research.pmg.checkpoints import list_checkpoints
 from research.pmg.config import LlamaConfig, PMGConfig, SoftPreferenceConfig
 from research.pmg.errors import PMGError
 from research.pmg.examples import tokenize_prompts
-from research.pmg.models.llama import build_prefix_encoder, fit_flash_attention_to_prefix
+from research.pmg.models.llama import accept_shorter_inputs, build_prefix_encoder, fit_flash_attention_to_prefix
 from research.pmg.models.weights import load_checkpoint_into
 from research.pmg.runtime import Runtime
 
@@ -35,18 +35,37 @@ def prompt_len(cfg: PMGConfig) -> int:
     return cfg.models.llm.seq_length - cfg.models.soft_preference.num_mm_tokens
 
 
-class SoftPreferenceEncoder(nn.Cell):
-    """History prompt ids ``(batch, prompt_len)`` -> soft preference embedding ``(batch, L, ctx_dim)``.
+def prompt_widths(cfg: PMGConfig) -> tuple[int, ...]:
+    """The prompt widths the encoder runs at, ascending: each length bucket less the L tokens, then prompt_len."""
+    soft = cfg.models.soft_preference
+    return tuple(bucket - soft.num_mm_tokens for bucket in soft.length_buckets) + (prompt_len(cfg),)
 
-    ``prompt_len = llm.seq_length - L``. Prompts are left-padded with ``pad_token_id`` so the L tokens
-    always directly follow the text (pad positions are masked as keys by MindFormers). Trainable
-    parameters are fp32 on every device; the frozen LLM computes in its own dtype.
+
+def fit_to_bucket(prompt_ids: np.ndarray, widths: tuple[int, ...], pad_id: int) -> np.ndarray:
+    """Right-padded ids ``(n, prompt_len)`` -> ``(n, w)``: the smallest width ``w`` of ``widths`` that keeps every
+    row's text (up to its last non-pad id). Only pads are cut, so the soft embedding does not change."""
+    used = int(((prompt_ids != pad_id) * np.arange(1, prompt_ids.shape[1] + 1)).max(initial=0))
+    width = next(w for w in widths if w >= used)
+    return prompt_ids[:, :width]
+
+
+class SoftPreferenceEncoder(nn.Cell):
+    """History prompt ids ``(batch, width)`` -> soft preference embedding ``(batch, L, ctx_dim)``.
+
+    ``width`` is at most ``prompt_len = llm.seq_length - L`` (a shorter width is a length bucket: its own graph).
+    Prompts are right-padded with ``pad_token_id``: each row's L tokens are placed directly after its own text,
+    so a row's text and tokens sit at positions 0 .. n + L - 1 whatever the padding, and causal attention keeps
+    every pad after them out of their view. The embedding is then the same at any width. (Left padding would
+    shift the positions by the amount of padding: RoPE keeps text-to-text scores position-free, but the
+    P-Tuning v2 prefix keys carry no position, so query-to-prefix scores would change with the width.)
+    Trainable parameters are fp32 on every device; the frozen LLM computes in its own dtype.
     """
 
     def __init__(self, llama: nn.Cell, llm: LlamaConfig, soft: SoftPreferenceConfig, ctx_dim: int,
                  compute_dtype=ms.float32):
         super().__init__()
         fit_flash_attention_to_prefix(llama, soft.prefix_len)
+        accept_shorter_inputs(llama)
         self.llama = llama
         self.num_mm_tokens = soft.num_mm_tokens
         self.hidden_size = llm.hidden_size
@@ -60,17 +79,29 @@ class SoftPreferenceEncoder(nn.Cell):
         self.pad_token_id = llm.pad_token_id
 
     def construct(self, prompt_ids):
-        batch = prompt_ids.shape[0]
-        embeds = self.llama.model.tok_embeddings(prompt_ids).astype(self.compute_dtype)
-        mm = ops.broadcast_to(self.mm_tokens.astype(self.compute_dtype)[None], (batch, self.num_mm_tokens,
-                                                                                 self.hidden_size))
-        inputs = ops.concat((embeds, mm), axis=1)
+        batch, width = prompt_ids.shape
+        L = self.num_mm_tokens
+        seq = width + L
+        # n_b = one past the last non-pad id (a pad id inside the text, e.g. Llama's <unk> = 0, stays text)
+        positions = ops.arange(1, width + 1, dtype=ms.int32)[None, :]
+        lengths = ((prompt_ids != self.pad_token_id).astype(ms.int32) * positions).max(axis=1, keepdims=True)
+        # slot[b, j] = j - n_b: the multimodal token at position j, when 0 <= slot < L.
+        slot = ops.arange(seq, dtype=ms.int32)[None, :] - lengths  # (b, seq)
+        # One-hot placement (b, seq, L): exact (each position takes one token times 1.0) and a plain matmul in
+        # both passes, on every backend.
+        place = ops.equal(slot[:, :, None], ops.arange(L, dtype=ms.int32)[None, None, :]).astype(self.compute_dtype)
+        is_mm = place.sum(axis=2, keepdims=True)  # (b, seq, 1): 1 at the L token positions
+        ids = ops.concat((prompt_ids, ops.fill(prompt_ids.dtype, (batch, L), self.pad_token_id)), axis=1)
+        embeds = self.llama.model.tok_embeddings(ids).astype(self.compute_dtype)
+        mm = ops.matmul(place, self.mm_tokens.astype(self.compute_dtype))  # (b, seq, H)
+        inputs = embeds * (1 - is_mm) + mm
         # ids only drive the key-padding mask: the L token positions must not look like padding.
-        mm_ids = ops.fill(prompt_ids.dtype, (batch, self.num_mm_tokens), self.pad_token_id + 1)
-        ids = ops.concat((prompt_ids, mm_ids), axis=1)
+        ids = ops.select(is_mm[:, :, 0] > 0, ops.full_like(ids, self.pad_token_id + 1), ids)
         prefix_kv = self.prefix_encoder(batch, self.compute_dtype)
-        hidden = self.llama.model(ids, inputs, None, None, None, None, None, prefix_kv)
-        return self.to_context(hidden[:, -self.num_mm_tokens:, :].astype(ms.float32))
+        hidden = self.llama.model(ids, inputs, None, None, None, None, None, prefix_kv)  # (b, seq, H)
+        # The hidden states at each row's L token positions, in token order: (b, L, seq) @ (b, seq, H).
+        picked = ops.bmm(place.swapaxes(1, 2).astype(ms.float32), hidden.astype(ms.float32))
+        return self.to_context(picked)
 
     def trainable_names(self) -> list[str]:
         """Names (relative to this cell) of the parameters PMG trains."""
@@ -94,6 +125,7 @@ class SoftPreference:
     tokenizer: Any  # the LLM's tokenizer
     prompt_len: int
     pad_id: int
+    widths: tuple[int, ...] = ()  # length buckets (prompt_widths); () = always prompt_len
 
     @property
     def num_tokens(self) -> int:
@@ -101,6 +133,7 @@ class SoftPreference:
 
     def __call__(self, history_prompt: str) -> np.ndarray:
         ids = tokenize_prompts(self.tokenizer, [history_prompt], self.prompt_len, self.pad_id)
+        ids = fit_to_bucket(ids, self.widths or (self.prompt_len,), self.pad_id)
         return self.encoder(ms.Tensor(ids)).asnumpy()[0].astype(np.float32)
 
 
@@ -140,4 +173,4 @@ def build_soft_preference(cfg: PMGConfig, runtime: Runtime, tokenizers, ctx_dim:
     load_soft_checkpoint(encoder, checkpoint)
     encoder.set_train(False)
     return SoftPreference(encoder=encoder, tokenizer=load_llama_tokenizer(tokenizers.llm),
-                          prompt_len=prompt_len(cfg), pad_id=llm.pad_token_id)
+                          prompt_len=prompt_len(cfg), pad_id=llm.pad_token_id, widths=prompt_widths(cfg))

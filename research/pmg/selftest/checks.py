@@ -1,6 +1,6 @@
 """The self-test's checks: tiny PMG models through the real training step, soft-preference encoder and sampler.
 
-Inputs are synthetic and seeded (prompt ids with left padding, latents, keyword contexts, noise, timesteps), so
+Inputs are synthetic and seeded (prompt ids with right padding, latents, keyword contexts, noise, timesteps), so
 the run needs no data, keywords or weights and gives the same numbers wherever the models give the same
 numbers. Random-init weights are drawn on the host from the seed (MindSpore's initializers), and the
 ``weights`` check compares their fingerprint first, so a device that builds other weights is named as such
@@ -77,7 +77,7 @@ def build_models(cfg: PMGConfig, runtime: Runtime, batch_size: int) -> Models:
 
 
 def synthetic_batch(cfg: PMGConfig, sd, rows: int, seed: int) -> dict[str, np.ndarray]:
-    """Training inputs for ``rows`` samples; every other prompt is left-padded to half its length.
+    """Training inputs for ``rows`` samples; every other prompt is right-padded to half its length.
 
     prompt_ids ``(rows, seq_length - L)`` int32, latents and noise ``(steps, rows, c, h, w)``, target and
     preference contexts ``(rows, n_text, ctx_dim)``, timesteps ``(steps, rows)`` int32.
@@ -86,7 +86,7 @@ def synthetic_batch(cfg: PMGConfig, sd, rows: int, seed: int) -> dict[str, np.nd
     rng = np.random.default_rng(seed)
     prompt_len = llm.seq_length - soft.num_mm_tokens
     ids = rng.integers(llm.pad_token_id + 1, llm.vocab_size, size=(rows, prompt_len)).astype(np.int32)
-    ids[1::2, :prompt_len // 2] = llm.pad_token_id
+    ids[1::2, prompt_len // 2:] = llm.pad_token_id
     unet = sd.unet.config
     latent = (int(unet.in_channels), int(unet.sample_size), int(unet.sample_size))
     n_text, ctx = cfg.models.diffusion.tokenizer_max_length, sd.cross_attention_dim

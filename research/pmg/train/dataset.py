@@ -21,7 +21,7 @@ from research.pmg.errors import PMGError
 from research.pmg.examples import Example
 from research.pmg.integrity import sha256_file
 
-CACHE_VERSION = 2  # 2: transparent pixels composited over white
+CACHE_VERSION = 3  # 2: transparent pixels composited over white; 3: prompt ids right-padded
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TrainingArrays:
 
     sample_ids: list[str]
     splits: list[str]
-    prompt_ids: np.ndarray  # (n, prompt_len) int32, left-padded
+    prompt_ids: np.ndarray  # (n, prompt_len) int32, right-padded
     latent_moments: np.ndarray  # (n, 2 * latent_channels, h, w) float32: VAE mean and log-variance
     target_ctx: np.ndarray  # (n, n_text, ctx_dim) float32
     pref_ctx: np.ndarray  # (n, n_text, ctx_dim) float32

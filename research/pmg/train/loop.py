@@ -14,6 +14,7 @@ from research.pmg.checkpoints import newest_checkpoint
 from research.pmg.config import PMGConfig, dump_config
 from research.pmg.errors import PMGError
 from research.pmg.loop import Checkpoints, LoopResult, Step, load_newest, run_steps
+from research.pmg.models.soft_preference import fit_to_bucket, prompt_widths
 from research.pmg.runtime import Runtime
 from research.pmg.train import dataset as ds
 from research.pmg.train.checkpoint import load_train_checkpoint, train_checkpoint_files
@@ -37,6 +38,10 @@ class Trainer:
     eval_net: object = None  # loss_net averaged over the workers (step.WorkerMeanLoss); None: loss_net
 
     @property
+    def prompt_widths(self) -> tuple[int, ...]:
+        return prompt_widths(self.cfg)
+
+    @property
     def frozen_prefixes(self) -> tuple[str, ...]:
         return ("model.encoder.llama.", "model.unet.")
 
@@ -55,7 +60,10 @@ class Trainer:
         per_rank = len(rows) // self.world
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         take = lambda arr: ms.Tensor(np.ascontiguousarray(np.asarray(arr)[mine]))  # noqa: E731
-        inputs = (take(np.asarray(a.prompt_ids)[rows]), take(latents), take(np.asarray(a.target_ctx)[rows]),
+        # One width for the whole global micro-batch, so every worker runs the same graph.
+        prompt_ids = fit_to_bucket(np.asarray(a.prompt_ids)[rows], self.prompt_widths,
+                                   self.cfg.models.llm.pad_token_id)
+        inputs = (take(prompt_ids), take(latents), take(np.asarray(a.target_ctx)[rows]),
                   take(np.asarray(a.pref_ctx)[rows]), take(noise), take(timesteps))
         if self.cfg.train.negative_weight > 0:
             negatives, neg_eps = ds.negative_rows(rows, self.arrays.indices("train") if pool is None else pool,
