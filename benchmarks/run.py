@@ -4,9 +4,10 @@
     python benchmarks/run.py --full             # each script's own defaults (longer)
     python benchmarks/run.py --only keywords,generate --out /tmp/results.md
 
-Runs ``bench_data.py``, ``bench_keywords.py``, ``bench_generate.py``, ``bench_train_step.py``, ``bench_personalize.py`` (each documented in
-benchmarks/README.md) and ``flops.py`` as separate processes, one after the other, and reads the ratios each
-prints: graph vs PyNative and MindSpore vs the PyTorch reference (training step), batched vs sequential
+Runs ``bench_data.py``, ``bench_keywords.py``, ``bench_generate.py``, ``bench_generate_diffusers.py``,
+``bench_train_step.py``, ``bench_personalize.py`` (each documented in benchmarks/README.md) and ``flops.py`` as
+separate processes, one after the other, and reads the ratios each prints: graph vs PyNative and MindSpore vs the
+PyTorch reference (training step, the sampling loop against diffusers), batched vs sequential
 (generation, keyword extraction), cached vs uncached (keyword answer cache), the prepare stage against its
 budget. Peak memory is each process's maximum resident set (its child processes included), from ``wait4``.
 ``results.md`` also records the machine, the load before and after, each script's command and output, and the
@@ -41,6 +42,7 @@ BENCHES = (
     Bench("data", "bench_data.py", ["--repeat", "1"]),
     Bench("keywords", "bench_keywords.py", ["--samples", "4", "--max-new-tokens", "16"]),
     Bench("generate", "bench_generate.py", ["--samples", "2", "--steps", "5"]),
+    Bench("generate_diffusers", "bench_generate_diffusers.py", []),
     Bench("train_step", "bench_train_step.py", ["--sizes", "tiny", "--steps", "10", "--repeats", "1",
                                                 "--pynative-steps", "2"]),
     Bench("personalize", "bench_personalize.py", ["--requests", "3"]),
@@ -100,6 +102,22 @@ def ratios(outcome: Outcome) -> list[tuple[str, str, str]]:
             rows += [("generate: batched / sequential (official loop)", f"{float(m.group(1)):.1f}x",
                       "candidates/s, CLIP included"),
                      ("generate: batched / sequential, UNet only", f"{float(m.group(2)):.1f}x", "candidates/s")]
+    elif name == "generate_diffusers":
+        for m in re.finditer(r"^\s*(\S+) (\S+): ms-graph / pt-eager = ([\d.]+) \[rounds: ([\d.]+)-([\d.]+)\]; "
+                             r"first call \(compile\) ([\d.]+) s vs ([\d.]+) s", text, re.MULTILINE):
+            size, scheduler = m.group(1), m.group(2)
+            parity = re.search(rf"^\s*{size} {scheduler}: passed; max \|diff\| ([\d.e+-]+)", text, re.MULTILINE)
+            threads = re.search(r"; threads (\d+)", text)
+            rows.append((f"generate: MindSpore graph / diffusers eager ({size}, {scheduler})",
+                         f"{float(m.group(3)):.2f}",
+                         f"candidates/s of the same loop (images within {parity.group(1) if parity else '?'} of "
+                         f"diffusers'), {threads.group(1) if threads else '?'} thread(s) each; rounds "
+                         f"{m.group(4)}-{m.group(5)}; first call {m.group(6)} s vs {m.group(7)} s"))
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 9 and cells[0] in ("ms-graph", "pt-eager") and cells[7].isdigit():
+                rows.append((f"generate vs diffusers peak RSS, {cells[0]} ({cells[1]}, {cells[2]})", f"{cells[7]} MB",
+                             "per process"))
     elif name == "personalize":
         for method in ("pmg", "no_personalization"):
             first = _f(rf"request 1 \(\S+\) {method}: ([\d.]+) s", text)
