@@ -132,6 +132,18 @@ def check_n(n: Any, where: str = "n") -> int | None:
     return n
 
 
+def check_fields(raw: Any, where: str) -> None:
+    """A request as parsed JSON: an object with only REQUEST_FIELDS, history and target among them."""
+    if not isinstance(raw, dict):
+        raise RequestError(f"{where}: must be a JSON object with {list(REQUEST_FIELDS)}, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in REQUEST_FIELDS)
+    if unknown:
+        raise RequestError(f"{where}: unknown field {short_repr(unknown[0])} (a request has {list(REQUEST_FIELDS)})")
+    for name in ("history", "target"):
+        if name not in raw:
+            raise RequestError(f"{where}: missing field {name!r}")
+
+
 def load_request(path: str | os.PathLike) -> tuple[Request, Path]:
     """A request file -> ``(request, folder its relative image paths start from)``."""
     path = Path(path)
@@ -146,14 +158,7 @@ def load_request(path: str | os.PathLike) -> tuple[Request, Path]:
     except OSError as exc:
         raise RequestError(f"{path}: cannot read: {exc.strerror or exc}") from None
     where = str(path)
-    if not isinstance(raw, dict):
-        raise RequestError(f"{where}: must be a JSON object with {list(REQUEST_FIELDS)}")
-    unknown = sorted(k for k in raw if k not in REQUEST_FIELDS)
-    if unknown:
-        raise RequestError(f"{where}: unknown field {short_repr(unknown[0])} (a request has {list(REQUEST_FIELDS)})")
-    for name in ("history", "target"):
-        if name not in raw:
-            raise RequestError(f"{where}: missing field {name!r}")
+    check_fields(raw, where)
     return Request(history=check_history(raw["history"], f"{where}: history"), target=raw["target"],
                    conversation=check_conversation(raw.get("conversation"), f"{where}: conversation"),
                    n=check_n(raw.get("n"), f"{where}: n")), path.resolve().parent

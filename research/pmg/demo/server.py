@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from research.pmg.api import RequestError
+from research.pmg.api import RequestError, check_fields
 from research.pmg.errors import PMGError, error_line, short_repr
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 MAX_BODY = 1 << 20  # bytes of a request body: a history of ids is a few kB
 MAX_ANSWERS = 32  # answers kept for repeated requests (a few MB at SD 1.5's 512 px)
 MAX_USERS = 500  # simulated users listed in the picker (PMG-mini has 60; a real dataset has thousands)
-REQUEST_FIELDS = ("history", "target", "conversation", "n")
 METHODS = ("pmg", "no_personalization")
 
 
@@ -185,16 +184,7 @@ def describe_world(pmg: PMG, config: str) -> dict[str, Any]:
 def check_body(body: Any) -> dict[str, Any]:
     """A request body as ``{"history": [id, ...], "target": id, "conversation": [...], "n": N or None}``; the
     API checks the rest (that the ids exist, the conversation's texts, ``n``)."""
-    if not isinstance(body, dict):
-        raise RequestError(f"request body: must be a JSON object with {list(REQUEST_FIELDS)}, got "
-                           f"{type(body).__name__}")
-    unknown = sorted(str(k) for k in body if k not in REQUEST_FIELDS)
-    if unknown:
-        raise RequestError(f"request body: unknown field {short_repr(unknown[0])} (a request has "
-                           f"{list(REQUEST_FIELDS)})")
-    for name in ("history", "target"):
-        if name not in body:
-            raise RequestError(f"request body: missing field {name!r}")
+    check_fields(body, "request body")
     history, target = body["history"], body["target"]
     entries = [(f"history[{i}]", e) for i, e in enumerate(history)] if isinstance(history, list) else []
     for where, entry in [*entries, ("target", target)]:
