@@ -60,6 +60,8 @@ class PMG:
         self._prepare = prepare
         self._data: PreparedData | None = None
         self._data_loaded = False
+        self._by_content: dict[tuple, list[tuple[int, Sample]]] = {}  # (history, target, conversation) -> samples
+        self._by_user: dict[str, Sample] = {}  # user id -> their last sample in generate.splits, in dataset order
         self._keywords_file: dict | None = None
         self._llm = None
         self._models = None
@@ -106,6 +108,12 @@ class PMG:
                 prepare(self.cfg.scenario, self.cfg.data, output_dir=self.cfg.runtime.output_dir, progress=False)
             self._data = load_prepared(folder) if (folder / SUMMARY_FILE).is_file() else None
             self._data_loaded = True
+            # Looked up per request: indexed once, so a request costs the same on a dataset of millions of samples.
+            for index, sample in enumerate(self._data.samples if self._data else []):
+                key = (sample.history, sample.target, sample.conversation)
+                self._by_content.setdefault(key, []).append((index, sample))
+                if sample.split in self.cfg.generate.splits:
+                    self._by_user[sample.user_id] = sample  # the user's last one
         return self._data
 
     @property
@@ -113,28 +121,22 @@ class PMG:
         return self.data.items if self.data else {}
 
     def users(self) -> list[str]:
-        """User ids with a sample in ``generate.splits``, in dataset order."""
-        seen: dict[str, None] = {}
-        for sample in self._selectable():
-            seen.setdefault(sample.user_id)
-        return list(seen)
+        """User ids with a sample in ``generate.splits``, in dataset order (of each user's first such sample)."""
+        self.data  # noqa: B018 (loads and indexes the dataset)
+        return list(self._by_user)
 
     def user_sample(self, user_id: str) -> Sample:
         """The user's last sample in ``generate.splits`` (the one split-wide generation makes for them)."""
-        found = [s for s in self._selectable() if s.user_id == user_id]
-        if not found:
+        self.data  # noqa: B018
+        if user_id not in self._by_user:
             raise RequestError(f"user {short_repr(user_id)}: no sample in splits {self.cfg.generate.splits} of "
-                               f"{self.layout.generate_data} ({len(self.users())} users there)")
-        return found[-1]
+                               f"{self.layout.generate_data} ({len(self._by_user)} users there)")
+        return self._by_user[user_id]
 
     def image_path(self, item_id: str) -> Path:
         if item_id not in self.items:
             raise RequestError(f"unknown item id {short_repr(item_id)}")
         return self.data.image_path(item_id)
-
-    def _selectable(self) -> list[Sample]:
-        splits = self.cfg.generate.splits
-        return [s for s in (self.data.samples if self.data else []) if s.split in splits]
 
     # ---------------------------------------------------------------------------------------------------------------
     # One request
@@ -186,13 +188,12 @@ class PMG:
         """The prepared sample this request is (first in ``generate.splits``, else any), with its dataset index;
         else a request sample whose index comes from a hash of the request's content."""
         ids = tuple(item.id for item in history)
-        if self.data is not None:
-            matches = [(i, s) for i, s in enumerate(self.data.samples)
-                       if s.history == ids and s.target == target.id and s.conversation == conversation]
-            matches.sort(key=lambda pair: pair[1].split not in self.cfg.generate.splits)
-            if matches:
-                index, sample = matches[0]
-                return sample, index
+        self.data  # noqa: B018 (loads and indexes the dataset)
+        matches = sorted(self._by_content.get((ids, target.id, conversation), []),
+                         key=lambda pair: pair[1].split not in self.cfg.generate.splits)
+        if matches:
+            index, sample = matches[0]
+            return sample, index
         content = [[item.to_json() | {"image": sha256_file(path)} for item, path in zip(history, history_paths)],
                    target.to_json() | {"image": sha256_file(target_path)}, list(conversation)]
         digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
