@@ -9,15 +9,20 @@ memory or arithmetic) with the real configurations and run under ``torch.utils.f
 which counts every matmul, convolution and attention (2 FLOPs per multiply-add). The same graphs are what the
 MindSpore code runs. Per unit of work:
 
-- training sample: the bias-correction LLM over the padded prompt (``models.llm.seq_length`` tokens) forward and
-  backward to its input embeddings and prefix (the LLM is frozen: no weight gradients), and the UNet forward and
-  backward to its conditioning context (also frozen) at 64x64 latents with the context PMG builds (target and
-  preference keyword encodings, 77 tokens each, plus L = 4 soft tokens). VAE latents and text encodings are
-  cached, so they are not part of a step;
+- training sample: the bias-correction LLM over the prompt forward and backward to its input embeddings and prefix
+  (the LLM is frozen: no weight gradients), and the UNet forward and backward to its conditioning context (also
+  frozen) at 64x64 latents with the context PMG builds (target and preference keyword encodings, 77 tokens each,
+  plus L = 4 soft tokens). VAE latents and text encodings are cached, so they are not part of a step;
 - generated sample: the LLM forward once (the soft embedding), K x M = 3 candidates x 30 steps x 2 UNet passes
   (classifier-free guidance), 3 VAE decodes to 512 px, CLIP ViT-L/14 on 3 images and 2 texts;
 - keyword sample: the prompts of one sample (5 attributes on the history + 5 on the target; targets repeat
   across samples, ignored here) prefilled at the padded length and 64 new tokens decoded with the KV cache.
+
+The LLM's sequence is counted twice. Unbucketed, every prompt is padded to ``models.llm.seq_length`` = 1024 (the
+reference). With ``models.soft_preference.length_buckets`` a micro-batch runs at the smallest bucket that holds
+its longest prompt + L, so a training or generated sample costs the LLM FLOPs of each bucket weighted by the
+share of micro-batches that run at it (``TRAIN_BUCKETS``, ``GENERATE_BUCKETS``: measured by
+``benchmarks/prompt_lengths.py``, see there). Keyword extraction is not bucketed: its prompts stay at 1024.
 
 Throughput = peak x MFU / FLOPs. Peak and MFU are assumptions, stated in the output: Ascend 910B bf16 dense
 peak ~313 TFLOPS per NPU (910B3 class; other bins are 280-376), MFU 20/30/40 % (MindSpore/MindFormers report
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PEAK_TFLOPS = 313.0
 MFUS = (0.2, 0.3, 0.4)
@@ -37,6 +42,15 @@ CONTEXT_TOKENS = 77 + 77 + 4  # target keywords + preference keywords (CLIP text
 CANDIDATES, STEPS = 3, 30  # generate defaults: 3 weight sets x 1 image, 30 denoising steps, guidance on
 KEYWORD_PROMPTS, NEW_TOKENS = 10, 64
 TRAIN = dict(batch_per_npu=4, grad_accum=4, max_steps=3000)  # configs/ascend_base.yaml train
+# Share of LLM passes at each bucket length (history prompt + L tokens) with configs/movielens.yaml's buckets:
+# `benchmarks/prompt_lengths.py` with the Llama 2 tokenizer.model on MovieLens-100k (real GroupLens titles, RecBole's
+# copy; 51,888 samples, history 3). Training: micro-batches of train.batch_size = 4 drawn at random; generation:
+# the soft-embedding pass of one sample. Longer histories (POG's Chinese titles) sit in larger buckets: see
+# benchmarks/results.md.
+TRAIN_BUCKETS = {64: 0.9889, 128: 0.0111}
+GENERATE_BUCKETS = {64: 0.9972, 128: 0.0028}
+BUCKETS_MEASURED_ON = "MovieLens-100k"
+SHOWN_LENGTHS = (64, 128, 256, 512)  # configs/ascend_base.yaml length_buckets: LLM FLOPs at each, for other data
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280),
@@ -53,21 +67,36 @@ LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, nu
 
 @dataclass
 class Counts:
-    llm_fwd: float
+    llm_fwd: float  # at seq_length (padded)
     llm_fwd_bwd: float
     unet_fwd: float
     unet_fwd_bwd: float
     vae_decode: float
     clip_score: float
     llm_decode_token: float
+    llm_fwd_bucketed: float = 0.0  # expected over GENERATE_BUCKETS
+    llm_fwd_bwd_bucketed: float = 0.0  # expected over TRAIN_BUCKETS
+    by_length: dict = field(default_factory=dict)  # bucket length -> (LLM forward, forward + backward)
 
     @property
     def train_sample(self) -> float:
         return self.llm_fwd_bwd + self.unet_fwd_bwd
 
     @property
+    def train_sample_bucketed(self) -> float:
+        return self.llm_fwd_bwd_bucketed + self.unet_fwd_bwd
+
+    @property
     def generate_sample(self) -> float:
-        return self.llm_fwd + CANDIDATES * (STEPS * 2 * self.unet_fwd + self.vae_decode) + self.clip_score
+        return self.llm_fwd + self._generate_rest
+
+    @property
+    def generate_sample_bucketed(self) -> float:
+        return self.llm_fwd_bucketed + self._generate_rest
+
+    @property
+    def _generate_rest(self) -> float:
+        return CANDIDATES * (STEPS * 2 * self.unet_fwd + self.vae_decode) + self.clip_score
 
     @property
     def keyword_sample(self) -> float:
@@ -83,7 +112,15 @@ def count(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(seq_length: int = SEQ_LENGTH, context_tokens: int = CONTEXT_TOKENS) -> Counts:
+def expected(shares: dict[int, float], flops_at: dict[int, float]) -> float:
+    """FLOPs of one pass averaged over the share of passes that run at each bucket length."""
+    if abs(sum(shares.values()) - 1) > 1e-6:
+        raise ValueError(f"bucket shares {shares} do not sum to 1")
+    return sum(share * flops_at[length] for length, share in shares.items())
+
+
+def measure(seq_length: int = SEQ_LENGTH, context_tokens: int = CONTEXT_TOKENS, train_buckets=TRAIN_BUCKETS,
+            generate_buckets=GENERATE_BUCKETS) -> Counts:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -105,17 +142,21 @@ def measure(seq_length: int = SEQ_LENGTH, context_tokens: int = CONTEXT_TOKENS) 
                                                        num_attention_heads=16, patch_size=14, image_size=224,
                                                        projection_dim=768), projection_dim=768,
                                     attn_implementation="eager")).requires_grad_(False)
-        embeds = torch.zeros(1, seq_length, LLAMA2_7B["hidden_size"], requires_grad=True)
         latents = torch.zeros(1, 4, 64, 64)
         context = torch.zeros(1, context_tokens, 768, requires_grad=True)
         step = torch.tensor([500])
 
-        def llm_fwd():
-            with torch.no_grad():
-                llama(inputs_embeds=embeds.detach())
+        def llm_counts(length):  # (forward, forward + backward to the inputs) over ``length`` tokens
+            embeds = torch.zeros(1, length, LLAMA2_7B["hidden_size"], requires_grad=True)
 
-        def llm_fwd_bwd():
-            llama(inputs_embeds=embeds).last_hidden_state.sum().backward()
+            def llm_fwd():
+                with torch.no_grad():
+                    llama(inputs_embeds=embeds.detach())
+
+            def llm_fwd_bwd():
+                llama(inputs_embeds=embeds).last_hidden_state.sum().backward()
+
+            return count(llm_fwd), count(llm_fwd_bwd)
 
         def unet_fwd():
             with torch.no_grad():
@@ -138,45 +179,66 @@ def measure(seq_length: int = SEQ_LENGTH, context_tokens: int = CONTEXT_TOKENS) 
                 llama(inputs_embeds=torch.zeros(1, 1, LLAMA2_7B["hidden_size"]))
 
         llm_decode = count(decode_token) + 4 * LLAMA2_7B["num_hidden_layers"] * seq_length * LLAMA2_7B["hidden_size"]
-        return Counts(llm_fwd=count(llm_fwd), llm_fwd_bwd=count(llm_fwd_bwd), unet_fwd=count(unet_fwd),
-                      unet_fwd_bwd=count(unet_fwd_bwd), vae_decode=count(vae_decode), clip_score=count(clip_score),
-                      llm_decode_token=llm_decode)
+        by_length = {n: llm_counts(n) for n in sorted({seq_length, *SHOWN_LENGTHS, *train_buckets, *generate_buckets})}
+        return Counts(llm_fwd=by_length[seq_length][0], llm_fwd_bwd=by_length[seq_length][1],
+                      unet_fwd=count(unet_fwd), unet_fwd_bwd=count(unet_fwd_bwd), vae_decode=count(vae_decode),
+                      clip_score=count(clip_score), llm_decode_token=llm_decode,
+                      llm_fwd_bucketed=expected(generate_buckets, {n: f for n, (f, _) in by_length.items()}),
+                      llm_fwd_bwd_bucketed=expected(train_buckets, {n: fb for n, (_, fb) in by_length.items()}),
+                      by_length=by_length)
 
 
 def estimate_markdown(counts: Counts, peak_tflops: float = PEAK_TFLOPS, mfus=MFUS, npus: int = 8) -> str:
     t = lambda flops: f"{flops / 1e12:.2f}"  # noqa: E731
+    shares = lambda buckets: ", ".join(f"{n}: {s:.1%}" for n, s in buckets.items())  # noqa: E731
     lines = [
         f"Estimate, not a measurement. Assumptions: Ascend 910B bf16 dense peak **{peak_tflops:g} TFLOPS** per NPU; "
         f"model FLOPs utilisation (MFU) **{', '.join(f'{m:.0%}' for m in mfus)}**; {npus} NPUs data parallel with "
         "linear scaling (only the soft-preference gradients are reduced). FLOPs counted on the PyTorch reference "
-        f"graphs at real sizes (`benchmarks/flops.py`): Llama-2-7B over {SEQ_LENGTH} padded tokens, SD 1.5 UNet "
-        f"at 64x64 latents with a {CONTEXT_TOKENS}-token context.", "",
+        f"graphs at real sizes (`benchmarks/flops.py`): Llama-2-7B over {SEQ_LENGTH} padded tokens (unbucketed, the "
+        f"reference) or at its length buckets, SD 1.5 UNet at 64x64 latents with a {CONTEXT_TOKENS}-token context. "
+        f"Bucketed: the share of LLM passes at each bucket (tokens: share) measured on {BUCKETS_MEASURED_ON} by "
+        f"`benchmarks/prompt_lengths.py`, training micro-batches of {TRAIN['batch_per_npu']} "
+        f"({shares(TRAIN_BUCKETS)}), generation's soft-embedding pass one sample at a time "
+        f"({shares(GENERATE_BUCKETS)}).", "",
         "| component | TFLOPs |", "|---|---|",
         f"| Llama-2-7B forward, {SEQ_LENGTH} tokens | {t(counts.llm_fwd)} |",
-        f"| Llama-2-7B forward + backward to inputs/prefix (frozen weights) | {t(counts.llm_fwd_bwd)} |",
+        f"| Llama-2-7B forward + backward to inputs/prefix (frozen weights), {SEQ_LENGTH} tokens | "
+        f"{t(counts.llm_fwd_bwd)} |"]
+    lines += [f"| Llama-2-7B forward / forward + backward, {n} tokens | {t(f)} / {t(fb)} |"
+              for n, (f, fb) in counts.by_length.items() if n != SEQ_LENGTH]
+    lines += [
         f"| SD 1.5 UNet forward, 64x64 latents | {t(counts.unet_fwd)} |",
         f"| SD 1.5 UNet forward + backward to the context (frozen weights) | {t(counts.unet_fwd_bwd)} |",
         f"| SD 1.5 VAE decode to 512 px | {t(counts.vae_decode)} |",
-        f"| **training sample** (LLM + UNet, forward + backward) | **{t(counts.train_sample)}** |",
+        f"| **training sample** (LLM + UNet, forward + backward), padded to {SEQ_LENGTH} | "
+        f"**{t(counts.train_sample)}** |",
+        f"| **training sample**, length buckets | **{t(counts.train_sample_bucketed)}** |",
         f"| **generated sample** ({CANDIDATES} candidates x {STEPS} steps x 2 (guidance), decode, CLIP, soft LLM pass)"
-        f" | **{t(counts.generate_sample)}** |",
-        f"| **keyword sample** ({KEYWORD_PROMPTS} prompts: prefill + {NEW_TOKENS} decoded tokens) | "
+        f", padded to {SEQ_LENGTH} | **{t(counts.generate_sample)}** |",
+        f"| **generated sample**, length buckets | **{t(counts.generate_sample_bucketed)}** |",
+        f"| **keyword sample** ({KEYWORD_PROMPTS} prompts: prefill + {NEW_TOKENS} decoded tokens; not bucketed) | "
         f"**{t(counts.keyword_sample)}** |", "",
         "| work | " + " | ".join(f"MFU {m:.0%}" for m in mfus) + " |", "|---|" + "---|" * len(mfus)]
-    rates = {name: [peak_tflops * 1e12 * m / flops for m in mfus] for name, flops in
-             (("train", counts.train_sample), ("generate", counts.generate_sample),
-              ("keywords", counts.keyword_sample))}
-    lines.append("| training samples/s per NPU | " + " | ".join(f"{r:.1f}" for r in rates["train"]) + " |")
+    rate = lambda flops: [peak_tflops * 1e12 * m / flops for m in mfus]  # noqa: E731  per NPU
     samples = TRAIN["batch_per_npu"] * TRAIN["grad_accum"] * npus * TRAIN["max_steps"]
     per_step = samples // TRAIN["max_steps"]
-    lines.append(f"| training run of `configs/ascend_base.yaml` ({TRAIN['max_steps']} steps x {per_step}"
-                 f" samples on {npus} NPUs), hours | "
-                 + " | ".join(f"{samples / (r * npus) / 3600:.1f}" for r in rates["train"]) + " |")
-    lines.append("| generated samples/s per NPU | " + " | ".join(f"{r:.2f}" for r in rates["generate"]) + " |")
-    lines.append("| keyword samples/s per NPU | " + " | ".join(f"{r:.2f}" for r in rates["keywords"]) + " |")
+    for label, flops in ((f"padded to {SEQ_LENGTH}", counts.train_sample), ("length buckets",
+                                                                             counts.train_sample_bucketed)):
+        lines.append(f"| training samples/s per NPU, {label} | " + " | ".join(f"{r:.1f}" for r in rate(flops)) + " |")
+        lines.append(f"| training run of `configs/ascend_base.yaml` ({TRAIN['max_steps']} steps x {per_step}"
+                     f" samples on {npus} NPUs), hours, {label} | "
+                     + " | ".join(f"{samples / (r * npus) / 3600:.1f}" for r in rate(flops)) + " |")
+    for label, flops in ((f"padded to {SEQ_LENGTH}", counts.generate_sample), ("length buckets",
+                                                                               counts.generate_sample_bucketed)):
+        lines.append(f"| generated samples/s per NPU, {label} | " + " | ".join(f"{r:.2f}" for r in rate(flops))
+                     + " |")
+    lines.append("| keyword samples/s per NPU | " + " | ".join(f"{r:.2f}" for r in rate(counts.keyword_sample))
+                 + " |")
     lines += ["", "Decoding is memory-bound (one token at a time reads all 13 GB of bf16 weights), so keyword "
               "extraction will run well below these MFUs unless batched widely (`keywords.batch_size`); the "
-              "training and generation figures are compute-bound estimates."]
+              "training and generation figures are compute-bound estimates. Short buckets use an NPU less well "
+              "than 1024 tokens (smaller matmuls), so the bucketed figures assume the same MFU optimistically."]
     return "\n".join(lines)
 
 
