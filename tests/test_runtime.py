@@ -145,3 +145,16 @@ def test_setup_runtime_in_a_fresh_process_keeps_logs_out_of_the_working_director
     assert int(draw) == np.random.randint(1 << 30), "setup_runtime did not seed numpy from runtime.seed"
     assert not (tmp_path / "output").exists(), "something wrote ./output in the working directory"
     assert (tmp_path / "out" / "log").is_dir()
+
+
+def test_mindspores_compile_cache_is_refused_unless_asked_for_as_an_experiment(tmp_path, monkeypatch):
+    """MindSpore 2.7.2's compile cache can load a stale graph silently (benchmarks/bench_compile.py)."""
+    from research.pmg.runtime import check_compile_cache
+
+    monkeypatch.setenv("MS_COMPILER_CACHE_ENABLE", "1")
+    with pytest.raises(ConfigError, match="MS_COMPILER_CACHE_ENABLE=1: .*stale graph"):
+        prepare_environment(RuntimeConfig(output_dir=str(tmp_path / "out")))  # what every entry point runs first
+    assert not (tmp_path / "out").exists()
+    check_compile_cache({"MS_COMPILER_CACHE_ENABLE": "1", "PMG_ALLOW_COMPILE_CACHE": "1"})
+    check_compile_cache({"MS_COMPILER_CACHE_ENABLE": "0"})
+    check_compile_cache({})

@@ -143,6 +143,24 @@ def requested_device_id(cfg: RuntimeConfig) -> Optional[int]:
     return cfg.device_id
 
 
+# An experiment may load MindSpore's compile cache on purpose (benchmarks/bench_compile.py sets this).
+ALLOW_COMPILE_CACHE = "PMG_ALLOW_COMPILE_CACHE"
+
+
+def check_compile_cache(env) -> None:
+    """Refuse MindSpore's compile cache (``MS_COMPILER_CACHE_ENABLE=1``) unless ``PMG_ALLOW_COMPILE_CACHE=1``.
+
+    MindSpore 2.7.2 keys a cached graph by the entry script's hash and the compile order alone, and skips every
+    module under a ``sys.path`` entry when it hashes: a changed model, config or graph sequence loads a stale graph
+    without an error, the training step cannot be loaded on CPU, and loaded graphs differ from compiled ones in the
+    last bits (benchmarks/bench_compile.py, benchmarks/README.md).
+    """
+    if env.get("MS_COMPILER_CACHE_ENABLE") == "1" and env.get(ALLOW_COMPILE_CACHE) != "1":
+        raise ConfigError("MS_COMPILER_CACHE_ENABLE=1: MindSpore's compile cache can load a stale graph without an "
+                          "error (it keys graphs by the entry script and the compile order only); unset it "
+                          f"(or set {ALLOW_COMPILE_CACHE}=1 to experiment, see benchmarks/bench_compile.py)")
+
+
 def prepare_environment(cfg: RuntimeConfig) -> tuple[Path, Path, Path]:
     """Set offline and log-folder environment variables and create the output folders.
 
@@ -151,6 +169,7 @@ def prepare_environment(cfg: RuntimeConfig) -> tuple[Path, Path, Path]:
 
     Safe to call before MindSpore is imported; returns (output_dir, log_dir, cache_dir).
     """
+    check_compile_cache(os.environ)
     output_dir, log_dir, cache_dir = runtime_dirs(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)  # a container: each stage checks the folder it writes in it
     # MindSpore, MindFormers and the caches write into these: only into folders this project made (ownership.py).
