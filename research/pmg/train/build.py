@@ -47,7 +47,9 @@ def build_trainer(cfg: PMGConfig, runtime: Runtime, prepared: PreparedData, keyw
         return np.concatenate(out)
 
     diffusion = cfg.models.diffusion
-    fingerprint = {"llm": llm_cfg.__dict__, "soft": soft_cfg.__dict__,
+    # length_buckets only choose how much padding to cut at run time: the cached arrays are the same without them
+    soft_fields = {k: v for k, v in soft_cfg.__dict__.items() if k != "length_buckets"}
+    fingerprint = {"llm": llm_cfg.__dict__, "soft": soft_fields,
                    "diffusion": files_fingerprint([Path(diffusion.path)]) if diffusion.path else
                    {"unet": diffusion.unet, "vae": diffusion.vae, "text_encoder": diffusion.text_encoder,
                     "seed": cfg.runtime.seed},
