@@ -6,7 +6,7 @@
 
 MindSpore side: the project's real step, built the way ``research.pmg.train.build`` builds it (``build_llm``,
 ``build_diffusion_parts``, ``SoftPreferenceEncoder``, ``PMGDiffusionLoss``, ``build_train_step``) from
-configs/tiny.yaml (size ``tiny``) or tiny.yaml plus the overrides in ``SIZES`` (``small``), fed a fixed batch
+configs/tiny.yaml (size ``tiny``) or tiny.yaml plus the overrides in ``SIZES`` (``small``, ``medium``), fed a fixed batch
 of cached-encoding inputs: right-padded prompt ids, scaled latents, target and preference CLIP contexts, noise
 and timesteps. PyTorch side: the same function in transformers + diffusers, configured from the same numbers:
 ``LlamaModel`` with the P-Tuning v2 prefix as per-layer past key/values and the L trainable input embeddings
@@ -24,8 +24,9 @@ The dump process also tries the project's step once in PyNative, in a process of
 
 Every measured run is a fresh subprocess (compile time and peak RSS isolated); rounds alternate the modes so a
 shared machine's load hits them alike. Reported per run: build time, first step (graph compile included),
-median of the steps after warm-up, peak RSS. The table gives the median over rounds and the per-round spread;
-the ratios are of steps/s, from the runs of this invocation.
+median of the steps after warm-up, peak RSS, and the peak above the RSS right after the framework imports (before
+anything is built: what the step itself costs). The table gives the median over rounds and the per-round spread;
+the ratios are of steps/s, from the runs of this invocation, and of the peak above the post-import RSS.
 """
 from __future__ import annotations
 
@@ -56,6 +57,12 @@ SIZES = {
               "models.diffusion.unet.block_out_channels=[64,128]", "models.diffusion.unet.sample_size=16",
               "models.diffusion.unet.cross_attention_dim=256", "models.diffusion.text_encoder.hidden_size=256",
               "models.diffusion.text_encoder.intermediate_size=512"],
+    # Llama 512 x 8 layers over a 256-token sequence, UNet 128/256 at 16x16: where compute outweighs dispatch.
+    "medium": ["models.llm.hidden_size=512", "models.llm.num_layers=8", "models.llm.num_heads=8",
+               "models.llm.intermediate_size=1376", "models.llm.seq_length=256",
+               "models.diffusion.unet.block_out_channels=[128,256]", "models.diffusion.unet.sample_size=16",
+               "models.diffusion.unet.cross_attention_dim=512", "models.diffusion.text_encoder.hidden_size=512",
+               "models.diffusion.text_encoder.intermediate_size=1024"],
 }
 MODES = ("ms-graph", "pt-eager", "ms-pynative")
 PARITY_ATOL = 1e-4  # on the loss
@@ -108,22 +115,57 @@ def make_batch(cfg: PMGConfig) -> dict[str, np.ndarray]:
             "pref_ctx": rng.standard_normal(ctx).astype(np.float32), "noise": noise, "timesteps": timesteps}
 
 
-def _summary(times: list[float], losses: list[float], warmup: int, build_s: float, **extra) -> dict:
+def current_rss_mb() -> float:
+    """This process's resident set now (``/proc/self/statm``), in MB."""
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _summary(times: list[float], losses: list[float], warmup: int, build_s: float, base_rss_mb: float,
+             **extra) -> dict:
+    """``base_rss_mb``: the RSS after the framework imports, before anything was built (what the step adds is
+    the peak above it)."""
     steady = times[1 + warmup:]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(build_s=round(build_s, 2), first_step_s=round(times[0], 4), median_s=statistics.median(steady),
-                min_s=min(steady), max_s=max(steady), n=len(steady),
-                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                min_s=min(steady), max_s=max(steady), n=len(steady), peak_rss_mb=round(peak, 1),
+                base_rss_mb=round(base_rss_mb, 1), peak_above_base_mb=round(peak - base_rss_mb, 1),
                 loss_first=losses[0], loss_last=losses[-1], loss_finite=bool(np.all(np.isfinite(losses))), **extra)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # MindSpore worker: the project's step
 # ---------------------------------------------------------------------------------------------------------------------
-def build_mindspore(cfg: PMGConfig):
-    """``(runtime, llama, loss_net)`` exactly as ``build_trainer`` wires them (seeded, so every run is identical)."""
-    from research.pmg.runtime import seed_everything, setup_runtime
+def setup_mindspore(cfg: PMGConfig, context: list[str] = ()):
+    """The runtime, then every module the build needs imported (the RSS baseline is taken after this).
+
+    ``context``: ``KEY=VALUE`` items for ``mindspore.set_context`` on top of the runtime's, for experiments with
+    graph options (VALUE is a Python literal, else a string).
+    """
+    import ast
+
+    from research.pmg.runtime import setup_runtime
 
     runtime = setup_runtime(cfg.runtime)
+    import mindspore as ms
+
+    for item in context:
+        key, _, value = item.partition("=")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        ms.set_context(**{key: value})
+    import research.pmg.models  # noqa: F401  (MindFormers and MindONE)
+    import research.pmg.train.step  # noqa: F401
+    return runtime
+
+
+def build_mindspore(cfg: PMGConfig, runtime=None):
+    """``(runtime, llama, loss_net)`` exactly as ``build_trainer`` wires them (seeded, so every run is identical)."""
+    from research.pmg.runtime import seed_everything
+
+    runtime = runtime or setup_mindspore(cfg)
     from research.pmg.models import build_diffusion_parts, build_llm, resolve_tokenizers
     from research.pmg.models.soft_preference import SoftPreferenceEncoder
     from research.pmg.train.step import PMGDiffusionLoss
@@ -139,13 +181,15 @@ def build_mindspore(cfg: PMGConfig):
     return runtime, llama, loss_net
 
 
-def run_mindspore(cfg: PMGConfig, steps: int, warmup: int, data: Path | None) -> dict:
+def run_mindspore(cfg: PMGConfig, steps: int, warmup: int, data: Path | None, context: list[str] = ()) -> dict:
     import mindspore as ms
 
     from research.pmg.train.step import build_train_step
 
+    runtime = setup_mindspore(cfg, context)
+    base_rss = current_rss_mb()
     started = time.perf_counter()
-    runtime, _, loss_net = build_mindspore(cfg)
+    runtime, _, loss_net = build_mindspore(cfg, runtime)
     step_cell, _ = build_train_step(loss_net, cfg.train)
     workaround = ""
     probe = data / PYNATIVE_PROBE if data else None
@@ -161,8 +205,9 @@ def run_mindspore(cfg: PMGConfig, steps: int, warmup: int, data: Path | None) ->
         times.append(time.perf_counter() - start)
     updated = all(not np.array_equal(v, p.asnumpy()) for v, p in
                   ((trainable[p.name], p) for p in loss_net.trainable_params()))
-    return _summary(times, losses, warmup, build_s, framework="mindspore", mode=runtime.mode, updated=updated,
-                    workaround=workaround, threads=ms.get_context("runtime_num_threads"),
+    return _summary(times, losses, warmup, build_s, base_rss, framework="mindspore", mode=runtime.mode,
+                    updated=updated, workaround=workaround, threads=ms.get_context("runtime_num_threads"),
+                    context=list(context),
                     version=f"mindspore {ms.__version__}")
 
 
@@ -318,7 +363,12 @@ def run_torch(cfg: PMGConfig, steps: int, warmup: int, data: Path | None) -> dic
     import diffusers
     import torch
     import transformers
+    from diffusers import UNet2DConditionModel  # noqa: F401  (the lazy imports build_torch triggers)
+    from transformers import LlamaModel  # noqa: F401
 
+    if data is not None:
+        import ckpt_convert.llama  # noqa: F401
+    base_rss = current_rss_mb()
     started = time.perf_counter()
     torch.set_num_threads(cfg.runtime.num_threads or os.cpu_count() or 1)
     net = build_torch(cfg, data).train()
@@ -344,7 +394,7 @@ def run_torch(cfg: PMGConfig, steps: int, warmup: int, data: Path | None) -> dic
         losses.append(step())
         times.append(time.perf_counter() - start)
     updated = all(not torch.equal(a, p) for a, p in zip(before, params))
-    return _summary(times, losses, warmup, build_s, framework="pytorch", mode="eager", updated=updated,
+    return _summary(times, losses, warmup, build_s, base_rss, framework="pytorch", mode="eager", updated=updated,
                     weights="mindspore" if data else "random", threads=torch.get_num_threads(),
                     version=f"torch {torch.__version__} transformers {transformers.__version__} "
                             f"diffusers {diffusers.__version__}")
@@ -388,7 +438,7 @@ def worker(args: argparse.Namespace) -> None:
     elif args.worker == "pt-parity":
         result = check_torch(cfg, data)
     elif args.worker.startswith("ms-"):
-        result = run_mindspore(cfg, args.steps, args.warmup, data)
+        result = run_mindspore(cfg, args.steps, args.warmup, data, args.context)
     else:
         has_dump = data is not None and (data / "ms.npz").is_file()
         result = run_torch(cfg, args.steps, args.warmup, data if has_dump else None)
@@ -401,7 +451,8 @@ def worker(args: argparse.Namespace) -> None:
 def launch(role: str, size: str, args: argparse.Namespace, data: Path, steps: int = 0, warmup: int = 0) -> dict:
     """Run one worker in a fresh interpreter; its RESULT line plus wall time and load, or the error."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", role, "--size", size, "--data", str(data),
-           "--steps", str(steps), "--warmup", str(warmup)] + [x for s in worker_sets(args) for x in ("--set", s)]
+           "--steps", str(steps), "--warmup", str(warmup)] + [x for s in worker_sets(args) for x in ("--set", s)] \
+        + [x for c in args.context for x in ("--context", c)]
     env = dict(os.environ, GLOG_v="3", PYTHONWARNINGS="ignore")
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -450,7 +501,8 @@ def describe(record: dict) -> str:
                 f"max|diff|/max|x|: soft embedding {record['soft_max_rel_diff']:.1e} (<= {SOFT_RTOL:g}), "
                 f"gradients {grads} (<= {GRAD_RTOL:g})")
     return (f"{size} {role} round {record['round']}: first step {record['first_step_s']:.2f} s, median "
-            f"{record['median_s']:.4f} s/step over {record['n']}, peak RSS {record['peak_rss_mb']:.0f} MB, build "
+            f"{record['median_s']:.4f} s/step over {record['n']}, peak RSS {record['peak_rss_mb']:.0f} MB "
+            f"({record['peak_above_base_mb']:.0f} above the {record['base_rss_mb']:.0f} MB after imports), build "
             f"{record['build_s']:.1f} s, wall {record['wall_s']} s, load {record['loadavg_before']}->"
             f"{record['loadavg_after']}")
 
@@ -461,8 +513,9 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 def report(records: list[dict], sizes: list[str], modes: list[str]) -> None:
     print("\n| framework/mode | size | first step s | median s/step (per round) | steps/s | peak RSS MB | "
-          "loss at step 1 |")
-    print("|---|---|---|---|---|---|---|")
+          "peak above post-import RSS MB | loss at step 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    above: dict[tuple[str, str], float] = {}
     medians: dict[tuple[str, str], list[float]] = {}
     notes: set[str] = set()
     for size in sizes:
@@ -471,16 +524,17 @@ def report(records: list[dict], sizes: list[str], modes: list[str]) -> None:
             if not runs:
                 failed = [r for r in records if r["size"] == size and r["run"] == mode]
                 if failed:
-                    print(f"| {mode} | {size} | failed: {failed[0].get('error', '?')[-200:]!r} | | | | |")
+                    print(f"| {mode} | {size} | failed: {failed[0].get('error', '?')[-200:]!r} | | | | | |")
                 continue
             per_round = [r["median_s"] for r in runs]
             medians[(size, mode)] = per_round
             mid = statistics.median(per_round)
             notes.update(r["workaround"] for r in runs if r.get("workaround"))
             label = mode + ("*" if any(r.get("workaround") for r in runs) else "")
+            above[(size, mode)] = max(r["peak_above_base_mb"] for r in runs)
             print(f"| {label} | {size} | {', '.join(_fmt(r['first_step_s'], 2) for r in runs)} | "
                   f"{_fmt(mid)} ({', '.join(_fmt(m) for m in per_round)}) | {1 / mid:.2f} | "
-                  f"{max(r['peak_rss_mb'] for r in runs):.0f} | "
+                  f"{max(r['peak_rss_mb'] for r in runs):.0f} | {above[(size, mode)]:.0f} | "
                   f"{', '.join(_fmt(r['loss_first'], 6) for r in runs)} |")
     for size in sizes:
         dump = [r for r in records if r["size"] == size and r["run"] == "ms-dump" and "loss" in r]
@@ -505,6 +559,11 @@ def report(records: list[dict], sizes: list[str], modes: list[str]) -> None:
                 parts.append(f"{a} / {b} = {ratio:.2f} [{spread}]")
         if parts:
             print(f"  {size}: " + ";  ".join(parts))
+    memory = [(size, above[(size, "ms-graph")] / above[(size, "pt-eager")]) for size in sizes
+              if (size, "ms-graph") in above and (size, "pt-eager") in above]
+    if memory:
+        print("peak RSS above the post-import RSS, ms-graph / pt-eager (largest over rounds): "
+              + ";  ".join(f"{size} {ratio:.2f}" for size, ratio in memory))
 
 
 def main() -> int:
@@ -522,6 +581,7 @@ def main() -> int:
                    help="config override applied to every size (repeatable)")
     p.add_argument("--out", help="append one JSON line per run to this file")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per subprocess")
+    p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=[*MODES, "ms-dump", "pt-parity"], help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
