@@ -14,8 +14,8 @@ from research.pmg.selftest.checks import Check, data_parallel_checks
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "research" / "pmg" / "selftest" / "reference.json"
-CHECKS = ["weights", "train_step", "soft_embedding", "generation", "prefix_attention", "data_parallel_replicas",
-          "data_parallel_vs_single", "devices"]
+CHECKS = ["weights", "train_step", "soft_embedding", "generation", "prefix_attention", "length_buckets",
+          "data_parallel_replicas", "data_parallel_vs_single", "devices"]
 
 
 def _check_ascend(tmp_path, *args):
@@ -42,9 +42,10 @@ def test_check_ascend_fails_and_names_the_check_when_a_reference_value_is_off(tm
     done, status = _check_ascend(tmp_path, "--reference", str(perturbed))
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert status["train_step"] == "FAIL"
-    assert all(status[name] == "PASS" for name in ("weights", "soft_embedding", "generation", "prefix_attention"))
+    assert all(status[name] == "PASS" for name in ("weights", "soft_embedding", "generation", "prefix_attention",
+                                                   "length_buckets"))
     assert status["data_parallel"] == "SKIP"
-    assert done.stdout.splitlines()[-1] == "check_ascend: 4 passed, 1 failed, 1 skipped (failed: train_step)"
+    assert done.stdout.splitlines()[-1] == "check_ascend: 5 passed, 1 failed, 1 skipped (failed: train_step)"
 
 
 @pytest.mark.parametrize("args, message", [

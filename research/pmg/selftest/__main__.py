@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     emit(ck.reference_checks(measured, ck.load_reference(reference_path), runtime.precision))
     emit([ck.prefix_attention_check(cfg, runtime, batch)])
+    emit([ck.length_bucket_check(models, batch)])
     if args.nproc > 1:
         emit(data_parallel(cfg, runtime, args, models.sd))
     else:

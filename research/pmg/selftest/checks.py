@@ -203,6 +203,26 @@ def reference_checks(measured: dict[str, Any], reference: dict[str, Any], precis
     return checks
 
 
+def length_bucket_check(models: Models, batch: dict[str, np.ndarray]) -> Check:
+    """The trained encoder gives the same soft embedding for right-padded prompts cut to a shorter width.
+
+    ``models.soft_preference.length_buckets`` runs shorter prompts at a bucket's width: a graph of its own, with
+    MindFormers' causal mask sliced to it and, on a device, flash attention at that length. Every row here is a
+    half-length prompt of ``batch``, encoded at the full width and at half of it.
+    """
+    ids = batch["prompt_ids"]
+    half = ids.shape[1] // 2
+    short = np.resize(ids[1::2], ids.shape)  # the half-length prompts, repeated to the batch's rows
+    full = soft_embedding(models, short)
+    cut = soft_embedding(models, np.ascontiguousarray(short[:, :half]))
+    # Two graphs on one device: on CPU they agree to float rounding (1.2e-7 in tests/test_models.py), and a misplaced
+    # token shows at 1e-3; a device's kernels may tile the two lengths differently (HF32, bf16), as flash on/off.
+    runtime = models.runtime
+    tolerance = 1e-5 if runtime.device == "CPU" else TOLERANCES[runtime.precision]["flash"]
+    return compare("length_buckets", relative_error(cut, full), tolerance,
+                   f"soft embedding of prompts cut from {ids.shape[1]} to {half} tokens vs uncut")
+
+
 def prefix_attention_check(cfg: PMGConfig, runtime: Runtime, batch: dict[str, np.ndarray]) -> Check:
     """Prefix attention with flash attention equals it without.
 
@@ -229,7 +249,7 @@ def prefix_attention_check(cfg: PMGConfig, runtime: Runtime, batch: dict[str, np
     llama = build_llm(cfg, replace(runtime, flash_attention=True), batch_size=rows)  # built, never run here
     SoftPreferenceEncoder(llama, llm, soft, 32)
     args = attention.flash_args(llama)
-    # The LLM reads the prompt and then the L multimodal positions, whose ids only have to differ from padding.
+    # The mask sees ids only: where the L multimodal positions sit does not change the band-versus-mask question.
     tokens = np.concatenate([batch["prompt_ids"], np.full((rows, soft.num_mm_tokens), llm.pad_token_id + 1,
                                                           np.int32)], axis=1)
     error = max(max(attention.band_errors(llama, tokens, soft.prefix_len, llm.pad_token_id, a,
