@@ -556,6 +556,91 @@ def test_randn_rejects_generator(runtime):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# MindFormers' Llama training path: cheaper CPU forms with the same results
+# ---------------------------------------------------------------------------------------------------------------------
+def softmax_ref(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_row_softmax(mode):
+    x = randn(np.random.default_rng(30), 2, 3, 5) * 3
+    assert_matches_reference(mint_cpu.RowSoftmax(), [x], softmax_ref)
+
+
+@pytest.mark.parametrize("dim", [-1, 2, 1], ids=["last", "last_positive", "middle"])
+def test_softmax(mode, dim):
+    x = randn(np.random.default_rng(32), 2, 3, 5) * 3
+
+    def ref(x):
+        e = np.exp(x - x.max(dim, keepdims=True))
+        return e / e.sum(dim, keepdims=True)
+
+    assert_matches_reference(Call(mint.softmax, dim=dim), [x], ref)
+
+
+def llama_stub(seq_length=6):
+    """What slice_causal_mask_cheaply and accept_shorter_inputs read of a built Llama: ``model.casual_mask``."""
+    from types import SimpleNamespace
+
+    from mindformers.modules.transformer.transformer import LowerTriangularMaskWithDynamic
+
+    mask = LowerTriangularMaskWithDynamic(seq_length=seq_length, compute_type=ms.float32, pad_token_id=0)
+    return SimpleNamespace(model=SimpleNamespace(casual_mask=mask))
+
+
+class Attend(nn.Cell):
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def construct(self, query, key, value, mask):
+        return self.attention._attn(query, key, value, mask)
+
+
+def test_llama_attention(mode):
+    """LLamaAttention._attn (scale on the query, RowSoftmax): softmax(q k^T / sqrt(d) + mask) v, heads merged."""
+    from mindformers.models.llama.llama_transformer import LLamaAttention
+
+    assert mint_cpu.install_llama_cpu_compat()
+    assert LLamaAttention._attn is mint_cpu._llama_attn
+    attention = LLamaAttention(seq_length=6, dim=8, n_heads=2, compute_dtype=ms.float32)
+    rng = np.random.default_rng(31)
+    query, key, value = randn(rng, 2, 2, 6, 4), randn(rng, 2, 2, 8, 4), randn(rng, 2, 2, 8, 4)  # 2 prefix keys
+    mask = np.where(rng.random((2, 1, 6, 8)) < 0.3, -10000.0, 0.0).astype(np.float32)
+
+    def ref(query, key, value, mask):
+        probs = softmax_ref(query @ key.swapaxes(-1, -2) / 2.0 + mask)
+        return (probs @ value).transpose(0, 2, 1, 3).reshape(2, 6, 8)
+
+    assert_matches_reference(Attend(attention), [query, key, value, mask], ref)
+
+
+def test_llama_causal_mask_slice(mode):
+    """The causal mask of a shorter input, sliced by SliceFromOrigin: padding and the future hidden (-10000)."""
+    from research.pmg.models.llama import accept_shorter_inputs
+
+    llama = llama_stub(seq_length=6)
+    assert accept_shorter_inputs(llama)  # slices the mask to the input's length, with SliceFromOrigin on CPU
+    assert isinstance(llama.model.casual_mask.slice, mint_cpu.SliceFromOrigin)
+    tokens = np.array([[5, 6, 0, 0], [7, 0, 8, 9]], np.int32)
+    keep = (tokens != 0)[:, None, :] * np.tril(np.ones((4, 4)))[None]
+    expected = ((1 - keep) * -10000.0)[:, None]
+    out = Call(llama.model.casual_mask)(Tensor(tokens))
+    np.testing.assert_array_equal(out.asnumpy(), expected.astype(np.float32))
+
+
+def test_llama_cpu_compat_is_a_no_op_off_cpu(runtime, monkeypatch):
+    llama = llama_stub()
+    real_get_context = ms.get_context
+    monkeypatch.setattr(ms, "get_context",
+                        lambda key: "Ascend" if key == "device_target" else real_get_context(key))
+    assert mint_cpu.install_llama_cpu_compat() is False
+    assert mint_cpu.slice_causal_mask_cheaply(llama) is False
+    assert not isinstance(llama.model.casual_mask.slice, mint_cpu.SliceFromOrigin)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # MindONE spots, checkpoints, installation
 # ---------------------------------------------------------------------------------------------------------------------
 def test_ddpm_previous_timestep(runtime):

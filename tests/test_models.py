@@ -36,6 +36,20 @@ def llama_and_prefix(tiny_cfg, runtime):
     return llama, prefix
 
 
+def test_built_llama_attends_with_the_cpu_attention(tiny_cfg, runtime, monkeypatch):
+    """build_llm patches MindFormers' attention before building (research.pmg.compat.mint_cpu._llama_attn,
+    checked against NumPy in tests/test_compat.py), so every Llama of a process computes it the same way."""
+    from mindformers.models.llama.llama_transformer import LLamaAttention
+
+    from research.pmg.compat import mint_cpu
+
+    original = mint_cpu.originals().get("mindformers.models.llama.llama_transformer:LLamaAttention._attn",
+                                        LLamaAttention._attn)
+    monkeypatch.setattr(LLamaAttention, "_attn", original)  # as in a fresh process, whatever ran before here
+    llama = build_llm(tiny_cfg, runtime, batch_size=BATCH)
+    assert type(llama.model.layers[0].attention)._attn is mint_cpu._llama_attn
+
+
 def _snapshot(cell):
     return {p.name: p.asnumpy().copy() for p in cell.get_parameters()}
 

@@ -15,6 +15,9 @@ keeps the native fused kernels. It must run before models are built, which
 
 Every patch is listed in ``_MINT_PATCHES`` and ``_MINDONE_PATCHES``; each replacement's docstring says why it
 exists. ``tests/test_compat.py`` checks them against NumPy references, values and gradients, in both modes.
+A few replace ops that do run on CPU but slowly there (the attention's softmax and causal mask, see "CPU speed");
+:func:`install_llama_cpu_compat` patches the Llama's attention (called before any Llama is built) and
+:func:`slice_causal_mask_cheaply` a built model's causal mask.
 
 Known limit: in graph mode ``Tensor.chunk(n, dim=...)`` and ``Tensor.split(size, dim=...)`` (keyword ``dim``)
 still lower to kernels CPU lacks; project code should call ``mint.chunk`` / ``mint.split`` instead.
@@ -24,7 +27,7 @@ from __future__ import annotations
 import sys
 
 import mindspore as ms
-from mindspore import mint, ops
+from mindspore import mint, nn, ops
 
 # The patch record: "mindspore.mint.nn:Conv2d" (module:attribute) -> the object there before install. It is the
 # only global state; it keeps install idempotent and lets tests compare replacements with the originals.
@@ -314,6 +317,91 @@ def _ddpm_previous_timestep(self, timestep):
     return timestep - 1
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# CPU speed of the attention (kernels that exist on CPU but are slow there). Measured with
+# benchmarks/bench_train_step.py: at 516 tokens the Llama's attention scores dominate the training step, and
+# MindSpore's CPU backend spends most of it in the softmax backward (expanded into Mul, ReduceSum over the last
+# axis, broadcast Sub, Mul) and in one StridedSlice of the causal-mask table; the UNet's attention softmax
+# (``mint.softmax``) has the same backward.
+# ---------------------------------------------------------------------------------------------------------------------
+class RowSoftmax(nn.Cell):
+    """Softmax over the last axis whose backward sums the rows with a matrix product.
+
+    Backward: ``dx = y * (dy - rowsum(y * dy))``, the formula of MindSpore's expanded softmax gradient, with the
+    row sum a product with a ones column (a BLAS matrix-vector product) instead of the ReduceSum kernel, which
+    is several times slower on CPU over long rows, and one broadcast operation instead of two.
+    """
+
+    def construct(self, x):
+        return ops.softmax(x, -1)
+
+    def bprop(self, x, out, dout):
+        row_sum = ops.matmul(out * dout, ops.ones((x.shape[-1], 1), x.dtype))
+        return (out * (dout - row_sum),)
+
+
+_ROW_SOFTMAX = RowSoftmax()
+
+
+def softmax(input, dim, *, dtype=None):
+    """``mint.softmax`` (MindONE's attention probabilities); over the last axis by :class:`RowSoftmax`."""
+    if dtype is not None:
+        input = input.astype(dtype)
+    if dim in (-1, input.ndim - 1):
+        return _ROW_SOFTMAX(input)
+    return ops.softmax(input, dim)
+
+
+def _llama_attn(self, query, key, value, mask):
+    """``LLamaAttention._attn`` (the attention without flash attention) with the same result, cheaper on CPU.
+
+    query ``(b, heads, q_len, head_dim)``, key and value ``(b, heads, kv_len, head_dim)``, mask (additive)
+    ``(b, 1, q_len, kv_len)``. The ``1/sqrt(head_dim)`` scale multiplies the query instead of the scores (a tensor
+    ``kv_len / head_dim`` times smaller, in both passes) and the softmax is :class:`RowSoftmax`.
+    """
+    score = self.batch_matmul_q_k(self.mul(query, self.inv_norm_factor), key)
+    score = self.add(mask, score)
+    probs = _ROW_SOFTMAX(self.cast_attn(score, self.softmax_dtype))
+    return self._merge_heads(self.batch_matmul(self.cast(probs, self.dtype), value))
+
+
+class SliceFromOrigin(nn.Cell):
+    """``StridedSlice`` for unit strides, on the ``Slice`` kernel (about 10x faster on CPU for a 512 x 512 table).
+
+    Replaces MindFormers' causal-mask slice, ``slice(table, begin, end, (1, 1, ...))``.
+    """
+
+    def construct(self, x, begin, end, strides):
+        return ops.slice(x, begin, tuple([e - b for b, e in zip(begin, end)]))
+
+
+def install_llama_cpu_compat() -> bool:
+    """Patch MindFormers' ``LLamaAttention._attn`` with :func:`_llama_attn` (recorded like the other patches).
+
+    Separate from :func:`install_cpu_compat` because importing MindFormers costs seconds that the stages without a
+    Llama should not pay: every Llama of the project is built by ``research.pmg.models.llama`` (``build_llama``)
+    or the mini LLM trainer, and both call this first, so all Llamas of a process compute attention the same way.
+    A no-op off CPU (flash attention and fused kernels there); idempotent. Returns whether it is active.
+    """
+    if ms.get_context("device_target") != "CPU":
+        return False
+    _patch("mindformers.models.llama.llama_transformer", "LLamaAttention._attn", _llama_attn)
+    return True
+
+
+def slice_causal_mask_cheaply(llama) -> bool:
+    """Give a built MindFormers Llama's causal mask :class:`SliceFromOrigin` (the same values, a faster kernel).
+
+    Only a mask sliced to shorter inputs (``research.pmg.models.llama.accept_shorter_inputs``) slices at all. A no-op
+    off CPU and for a model without MindFormers' causal mask. Returns whether the mask was changed.
+    """
+    mask = getattr(getattr(llama, "model", None), "casual_mask", None)
+    if ms.get_context("device_target") != "CPU" or mask is None:
+        return False
+    mask.slice = SliceFromOrigin()
+    return True
+
+
 # (owner module path, attribute, replacement); the reason for each is in the replacement's docstring.
 _MINT_PATCHES = (
     ("mindspore.mint.nn", "Conv2d", Conv2d),
@@ -335,6 +423,7 @@ _MINT_PATCHES = (
     ("mindspore.mint", "chunk", chunk),
     ("mindspore.mint", "arange", arange),
     ("mindspore.mint", "randn", randn),
+    ("mindspore.mint", "softmax", softmax),  # has a CPU kernel; replaced for a cheaper backward (RowSoftmax)
 )
 
 # MindONE objects to patch; install imports their modules (MindONE is a dependency of the project, and these

@@ -236,9 +236,11 @@ def build_trainable_llama(cfg: MiniLLMConfig, runtime, batch_size: int):
     """A random-init, trainable MindFormers ``LlamaForCausalLM`` (the same config as the keyword stage's, no KV cache)."""
     from mindformers import LlamaForCausalLM
 
+    from research.pmg.compat.mint_cpu import install_llama_cpu_compat
     from research.pmg.models.llama import llama_config
     from research.pmg.runtime import seed_everything
 
+    install_llama_cpu_compat()  # as build_llama: every Llama of a process computes attention the same way
     seed_everything(cfg.runtime.seed)
     config = llama_config(cfg.llm, runtime, batch_size=batch_size, use_past=False)
     config.tie_word_embeddings = cfg.train.tie_word_embeddings

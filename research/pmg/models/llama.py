@@ -4,6 +4,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn
 
+from research.pmg.compat.mint_cpu import install_llama_cpu_compat, slice_causal_mask_cheaply
 from research.pmg.config import LlamaConfig, SoftPreferenceConfig
 from research.pmg.models.weights import load_checkpoint_into
 from research.pmg.runtime import Runtime
@@ -64,6 +65,7 @@ def build_llama(cfg: LlamaConfig, runtime: Runtime, *, batch_size: int = 1, use_
     """
     from mindformers import LlamaForCausalLM
 
+    install_llama_cpu_compat()
     config = llama_config(cfg, runtime, batch_size=batch_size, use_past=use_past, kv_blocks=kv_blocks,
                           recompute=recompute)
     if runtime.device == "CPU":
@@ -122,6 +124,7 @@ def accept_shorter_inputs(llama: nn.Cell) -> bool:
     mask = getattr(getattr(llama, "model", None), "casual_mask", None)
     if mask is not None:
         mask.is_pynative = True
+        slice_causal_mask_cheaply(llama)
     return mask is not None
 
 
