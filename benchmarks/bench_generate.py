@@ -1,6 +1,6 @@
-"""Candidates per second: batched generation (this project) vs the official sequential loop, tiny models, one run.
+"""Candidates per second: batched generation (this project) vs the official sequential loop, tiny models.
 
-    python benchmarks/bench_generate.py [--samples 3] [--weight-sets 3] [--images-per-set 2] [--steps 10]
+    python benchmarks/bench_generate.py [--samples 3] [--weight-sets 3] [--images-per-set 2] [--steps 10] [--repeats 3]
 
 Both paths generate the same candidates (same contexts, seeds, tiny configs/tiny.yaml models, DDIM, guidance
 7.5) and score them with CLIP:
@@ -13,13 +13,19 @@ Both paths generate the same candidates (same contexts, seeds, tiny configs/tiny
 
 One sample per path runs first as a warm-up (graph compilation of the fixed shapes is a one-time cost of
 either path). The official reload also recompiles CLIP's graph on every selection; that is part of its
-cost, and the breakdown below shows generation and CLIP separately. Prints candidates/s of each path and
-their ratio. Everything is written under a temporary folder.
+cost, and the breakdown below shows generation and CLIP separately. The models are built once per process;
+then ``--repeats`` rounds each time both paths on the same ``--samples`` samples, the path that goes first
+alternating between rounds, so a slow drift of the machine's load hits both alike. The batched path's one CLIP
+load is timed once, before the rounds, and added to each round's batched time. Prints each round, then
+candidates/s of each path (the median over rounds) and their ratios: the ratio of the medians, with the same
+ratio within each round as a range in brackets. Everything is written under a temporary folder.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +47,11 @@ def main() -> None:
     p.add_argument("--images-per-set", type=int, default=2, help="M")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds; each times both paths once, the one that goes first alternating")
     args = p.parse_args()
+    if min(args.samples, args.repeats) < 1:
+        p.error("--samples and --repeats must be >= 1")
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         run(Path(tmp), args)
 
@@ -111,28 +121,59 @@ def run(tmp: Path, args) -> None:
         reloaded = ClipScorer(parts, clip_image_processor(parts, clip_dir))
         return images, reloaded.choose(images, preference, target).chosen, t_gen
 
-    results = {}
-    for name, fn in (("batched", batched), ("sequential", sequential)):
-        fn(samples[0])  # warm-up: compiles this path's shapes
-        t = time.perf_counter()
-        outs = [fn(s) for s in samples[1:]]
-        total = time.perf_counter() - t
-        gen = sum(o[2] for o in outs)
-        results[name] = (total, gen, outs)
+    for fn in (batched, sequential):
+        fn(samples[0])  # warm-up: compiles this path's shapes (not timed, once per process)
 
-    b_total, b_gen, b_outs = results["batched"]
-    s_total, s_gen, s_outs = results["sequential"]
-    b_total += load_once  # the batched path's one CLIP load is part of its run
-    same = all(np.abs(x[0].astype(int) - y[0]).max() <= 1 and x[1] == y[1] for x, y in zip(b_outs, s_outs))
+    load = os.getloadavg()
     cands = args.samples * n
     print(f"tiny models, {args.mode} mode, {args.samples} samples x {k} weight sets x {m} images = {cands} candidates, "
           f"{args.steps} DDIM steps, guidance {gcfg.guidance}")
-    print(f"  batched:    {cands / b_total:8.2f} candidates/s  (generation {b_gen:.2f} s, CLIP scoring "
-          f"{b_total - b_gen - load_once:.2f} s, CLIP loaded once {load_once:.2f} s)")
-    print(f"  sequential: {cands / s_total:8.2f} candidates/s  (generation {s_gen:.2f} s, CLIP reload + scoring "
-          f"{s_total - s_gen:.2f} s)")
-    print(f"  ratio batched / sequential: {s_total / b_total:.1f}x overall, {s_gen / b_gen:.1f}x generation alone; "
-          f"same images and choices: {same}")
+    print(f"{args.repeats} round(s), the path that goes first alternating; {os.cpu_count()} cores, load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start; CLIP loaded once {load_once:.2f} s, added to each "
+          "round's batched time")
+    paths = [("batched", batched), ("sequential", sequential)]
+    rounds: list[dict[str, tuple[float, float, list]]] = []  # per round, path -> (total s, generation s, outputs)
+    for round_ in range(args.repeats):
+        order = paths if round_ % 2 == 0 else paths[::-1]
+        results = {}
+        for name, fn in order:
+            t = time.perf_counter()
+            outs = [fn(s) for s in samples[1:]]
+            total = time.perf_counter() - t
+            results[name] = (total + (load_once if name == "batched" else 0.0), sum(o[2] for o in outs), outs)
+        rounds.append(results)
+        (b_total, b_gen, _), (s_total, s_gen, _) = results["batched"], results["sequential"]
+        print(f"  round {round_ + 1} ({order[0][0]} first): batched {cands / b_total:.2f} candidates/s (generation "
+              f"{b_gen:.2f} s), sequential {cands / s_total:.2f} candidates/s (generation {s_gen:.2f} s); ratio "
+              f"{s_total / b_total:.1f}x overall, {s_gen / b_gen:.1f}x generation alone; load average "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+
+    def per_round(path: str, what: int) -> list[float]:
+        return [r[path][what] for r in rounds]
+
+    def rates(path: str, what: int) -> list[float]:  # candidates/s over the total (0) or generation alone (1)
+        return [cands / x for x in per_round(path, what)]
+
+    def ratio(what: int, name: str) -> str:
+        """batched / sequential candidates/s: the ratio of the medians, the per-round range in brackets."""
+        b, s = rates("batched", what), rates("sequential", what)
+        within = [x / y for x, y in zip(b, s)]
+        span = f"round 1: {within[0]:.1f}" if len(within) == 1 else f"rounds: {min(within):.1f}-{max(within):.1f}"
+        return f"{statistics.median(b) / statistics.median(s):.1f}x {name} [{span}]"
+
+    med = statistics.median
+    b_gen, s_gen = med(per_round("batched", 1)), med(per_round("sequential", 1))
+    b_clip = med(t - g - load_once for t, g in zip(per_round("batched", 0), per_round("batched", 1)))
+    s_clip = med(t - g for t, g in zip(per_round("sequential", 0), per_round("sequential", 1)))
+    same = all(np.abs(x[0].astype(int) - y[0]).max() <= 1 and x[1] == y[1]
+               for r in rounds for x, y in zip(r["batched"][2], r["sequential"][2]))
+    print(f"median over {args.repeats} round(s):")
+    print(f"  batched:    {med(rates('batched', 0)):8.2f} candidates/s  (generation {b_gen:.2f} s, CLIP scoring "
+          f"{b_clip:.2f} s, CLIP loaded once {load_once:.2f} s)")
+    print(f"  sequential: {med(rates('sequential', 0)):8.2f} candidates/s  (generation {s_gen:.2f} s, CLIP reload + "
+          f"scoring {s_clip:.2f} s)")
+    print(f"  ratio batched / sequential: {ratio(0, 'overall')}, {ratio(1, 'generation alone')}; medians of "
+          f"{args.repeats} round(s); same images and choices: {same}; load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
