@@ -14,6 +14,7 @@ the byte-identical default; e.g. 3 = one request's candidates).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -31,8 +32,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4, help="users asked for, each for both methods")
     p.add_argument("--rows", type=int, default=0, help="UNet call size (0 = generate.micro_batch)")
     args = p.parse_args()
-    if args.output_dir:
-        run(Path(args.output_dir).resolve(), args)
+    output_dir = Path(args.output_dir).resolve() if args.output_dir else None
+    # The mini config's data and model paths are relative to the repository, as for its scripts (configs resolve
+    # relative paths against the working directory): run there, wherever this was started from.
+    os.chdir(REPO)
+    if output_dir:
+        run(output_dir, args)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-personalize-") as tmp:
             run(Path(tmp) / "mini_pmg", args)

@@ -26,4 +26,4 @@ cd "$root"
 # msrun starts workers with the first python on PATH: make it the venv's.
 export PATH="$venv/bin:$PATH"
 # pytest exits 5 when it collected no test; like any non-zero code that fails the run.
-exec python -m pytest -n "${PMG_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+exec python -m pytest -n "${PMG_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

@@ -72,8 +72,8 @@ def tiny_clip(tiny_cfg, runtime, tiny_tokenizers):
 
 @pytest.fixture(scope="session")
 def pipeline_reference(tmp_path_factory):
-    """The uninterrupted run of the fast tiny pipeline that test_pipeline and test_faults compare against (once per
-    pytest-xdist worker that runs either module)."""
+    """The uninterrupted run of the fast tiny pipeline that test_pipeline, test_faults and test_bad_inputs_outputs
+    compare against (once per session: the pytest-xdist workers share it)."""
     from tests.pipeline_helpers import reference_run
 
     return reference_run(tmp_path_factory)

@@ -1,12 +1,14 @@
 """Running the whole pipeline in tests: a fast variant of the default config, one shared reference run, and hold
 points (research/pmg/testhooks.py) that stop a stage process at an exact place.
 
-The reference run (uninterrupted, made once per session by the ``pipeline_reference`` fixture) is moved to
-``<base>/reference`` when done, so that other runs can be made at its original path ``<base>/run``: outputs
-that record absolute paths (keyword provenance, the generation settings) then compare byte for byte.
+The reference run (uninterrupted, made once per session by the ``pipeline_reference`` fixture, whichever
+pytest-xdist worker asks first) is moved to ``<base>/reference`` when done, so that other runs can be made at its
+original path ``<base>/run``: outputs that record absolute paths (keyword provenance, the generation settings)
+then compare byte for byte. Tests only read it: a test that runs the pipeline again works on a copy.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -64,13 +66,25 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def reference_run(tmp_path_factory) -> dict[str, object]:
-    """``{"base", "path", "proc"}`` of one uninterrupted run (the session fixture ``pipeline_reference`` in
-    conftest.py makes it once for every module that asks)."""
-    base = tmp_path_factory.mktemp("pipeline")
-    root = base / "run"
-    proc = run_pipeline(root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    os.replace(root, base / "reference")
+    """``{"base", "path", "proc"}`` of one uninterrupted run, shared by the session's pytest-xdist workers: the first
+    to ask makes it under a lock, the others wait for it and read the record (``proc``: the run's command and
+    output). Each would otherwise spend minutes making the same run."""
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp  # the session's folder
+    base = shared / "pipeline-reference"
+    record = base / "proc.json"
+    with open(shared / "pipeline-reference.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.is_file():
+            root = base / "run"
+            shutil.rmtree(root, ignore_errors=True)  # what a worker that failed here left
+            base.mkdir(exist_ok=True)
+            proc = run_pipeline(root)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            os.replace(root, base / "reference")
+            record.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
+    saved = json.loads(record.read_text())
+    proc = subprocess.CompletedProcess(saved["args"], 0, saved["stdout"], saved["stderr"])
     return {"base": base, "path": base / "reference", "proc": proc}
 
 

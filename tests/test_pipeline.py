@@ -39,7 +39,7 @@ def test_full_run_writes_every_stage_and_the_report(reference):
 def test_rerun_skips_every_stage(reference):
     """Nothing runs again: no stage process is started (the runner logs every start in the stage's log), so no
     model is built; only the recorded checksums are read."""
-    root = reference["path"]
+    root = copy_reference(reference, "rerun")
     before = digests(root)
     logs = {p: p.read_bytes() for p in (root / "log" / "pipeline").glob("*.log")}
     assert sorted(p.stem for p in logs) == sorted(s for s in STAGES if s != "report")
