@@ -25,5 +25,9 @@ venv="${VENV:-$root/.venv}"
 cd "$root"
 # msrun starts workers with the first python on PATH: make it the venv's.
 export PATH="$venv/bin:$PATH"
+# One MindSpore CPU thread per process (research/pmg/runtime.py, cpu_threads) unless the caller says otherwise: the
+# workers and the stage processes they start already fill the cores, and a pool of every core in each process
+# oversubscribes them (two tiny pipelines side by side: 95.7 s with 2 threads each, 85.8 s with 1).
+export PMG_NUM_THREADS="${PMG_NUM_THREADS:-1}"
 # pytest exits 5 when it collected no test; like any non-zero code that fails the run.
-exec python -m pytest -n "${PMG_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"
+exec python -m pytest -n "${PMG_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -9,8 +9,8 @@ import pytest
 
 from research.pmg import ownership
 from research.pmg.config import ConfigError, RuntimeConfig
-from research.pmg.runtime import (OFFLINE_ENV, prepare_environment, requested_device_id, resolve_flash_attention,
-                                 resolve_loss_scale, resolve_precision, setup_runtime)
+from research.pmg.runtime import (OFFLINE_ENV, THREADS_ENV, cpu_threads, prepare_environment, requested_device_id,
+                                 resolve_flash_attention, resolve_loss_scale, resolve_precision, setup_runtime)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,3 +158,19 @@ def test_mindspores_compile_cache_is_refused_unless_asked_for_as_an_experiment(t
     check_compile_cache({"MS_COMPILER_CACHE_ENABLE": "1", "PMG_ALLOW_COMPILE_CACHE": "1"})
     check_compile_cache({"MS_COMPILER_CACHE_ENABLE": "0"})
     check_compile_cache({})
+
+
+def test_cpu_threads_come_from_the_config_then_the_environment_then_the_cores(monkeypatch, runtime):
+    import mindspore as ms
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert cpu_threads(0) == os.cpu_count() and cpu_threads(3) == 3
+    monkeypatch.setenv(THREADS_ENV, "5")
+    assert cpu_threads(0) == 5 and cpu_threads(3) == 3  # the config wins over the variable
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{THREADS_ENV}='{bad}'"):
+            cpu_threads(0)
+    monkeypatch.undo()
+    # the session's runtime (tests/conftest.py, num_threads 0) runs on what the environment asks for
+    assert ms.get_context("runtime_num_threads") == cpu_threads(0)

@@ -20,7 +20,7 @@ class RuntimeConfig:
     # Fused flash attention in the LLM. auto: on where the chip has it (910B and later), off on 910A and CPU.
     flash_attention: Literal["auto", "on", "off"] = "auto"
     seed: int = 42
-    num_threads: int = 0  # CPU runtime threads; 0 = number of cores
+    num_threads: int = 0  # CPU runtime threads; 0 = $PMG_NUM_THREADS if set, else the number of cores
     output_dir: str = "output"  # every stage writes below this folder
     log_dir: str = ""  # MindSpore/MindFormers logs; "" = <output_dir>/log
     cache_dir: str = ""  # built tokenizers, cached latents; "" = <output_dir>/cache
