@@ -1,5 +1,6 @@
 """Test-wide set-up: one CPU runtime per session, a fixture that runs a test in both modes, and the module order
 that lets ``pytest -n 2 --dist loadfile`` (pytest-xdist) keep both cores busy to the end."""
+import time
 from pathlib import Path
 
 import pytest
@@ -7,11 +8,13 @@ import pytest
 from research.pmg.config import RuntimeConfig
 from research.pmg.runtime import set_execution_mode, setup_runtime
 
-# The modules that take longest (pytest --durations on 2 cores), started first so that neither worker is left
-# with a long module at the end. Every other module follows in its usual order.
-LONGEST_FIRST = ("test_mini_pmg", "test_faults", "test_evaluate_methods", "test_train", "test_pipeline",
-                 "test_bad_inputs_outputs", "test_demo", "test_mini_images", "test_selftest", "test_mini_llm",
-                 "test_keywords", "test_bad_inputs_config")
+# The modules that take longest (the per-worker summary below, 2 workers on 2 cores), started first so that neither
+# worker is left with a long module at the end. Every other module follows in its usual order. test_pipeline and
+# test_bad_inputs_outputs read the pipeline reference that test_faults makes: they come late enough not to wait.
+LONGEST_FIRST = ("test_faults", "test_train", "test_mini_pmg", "test_evaluate_methods", "test_selftest",
+                 "test_mini_images", "test_generate", "test_official", "test_bad_inputs_outputs", "test_api",
+                 "test_demo", "test_keywords", "test_mini_llm", "test_bad_inputs", "test_pipeline",
+                 "test_bad_inputs_config")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -19,6 +22,32 @@ def pytest_collection_modifyitems(config, items):
     order (a module's fixtures are made once, in one worker)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable within a module
+
+
+# Per pytest-xdist worker: the modules it ran, in order, with their seconds, and when it finished. Collected in the
+# controller from the reports the workers send; printed after the run to keep LONGEST_FIRST honest.
+_WORKERS: dict[str, dict] = {}
+_STARTED = time.time()
+
+
+def pytest_runtest_logreport(report):
+    node = getattr(report, "node", None)  # set by pytest-xdist in the controller
+    if node is None:
+        return
+    worker = _WORKERS.setdefault(node.gateway.id, {"modules": {}, "finished": 0.0})
+    module = Path(report.nodeid.split("::")[0]).stem
+    worker["modules"][module] = worker["modules"].get(module, 0.0) + report.duration
+    worker["finished"] = time.time() - _STARTED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _WORKERS:
+        return
+    terminalreporter.section("seconds per module and worker")
+    for name, worker in sorted(_WORKERS.items()):
+        modules = ", ".join(f"{m} {s:.0f}" for m, s in worker["modules"].items())
+        terminalreporter.write_line(f"{name}: busy {sum(worker['modules'].values()):.0f} s, last report at "
+                                    f"{worker['finished']:.0f} s: {modules}")
 
 
 @pytest.fixture(scope="session", autouse=True)
