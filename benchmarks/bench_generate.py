@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.rounds import spread  # noqa: E402
 from research.pmg.config import ClipConfig, RuntimeConfig, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,8 +159,7 @@ def run(tmp: Path, args) -> None:
         """batched / sequential candidates/s: the ratio of the medians, the per-round range in brackets."""
         b, s = rates("batched", what), rates("sequential", what)
         within = [x / y for x, y in zip(b, s)]
-        span = f"round 1: {within[0]:.1f}" if len(within) == 1 else f"rounds: {min(within):.1f}-{max(within):.1f}"
-        return f"{statistics.median(b) / statistics.median(s):.1f}x {name} [{span}]"
+        return f"{statistics.median(b) / statistics.median(s):.1f}x {name} [{spread(within, 1)}]"
 
     med = statistics.median
     b_gen, s_gen = med(per_round("batched", 1)), med(per_round("sequential", 1))

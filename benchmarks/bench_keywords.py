@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.rounds import spread  # noqa: E402
 from research.pmg.config import load_config  # noqa: E402
 from research.pmg.config.data import DataConfig  # noqa: E402
 from research.pmg.config.keywords import KeywordsConfig  # noqa: E402
@@ -44,13 +45,6 @@ REPO = Path(__file__).resolve().parent.parent
 LABELS = {"naive": "naive (one by one, no KV cache)", "batched": "batched, no KV cache",
           "batched+kv": "batched + KV cache", "stage": "batched + KV cache + answer cache",
           "re-run": "re-run, all answers cached"}
-
-
-def spread(values: list[float], digits: int = 1) -> str:
-    """The per-round range, as bench_train_step.py prints it."""
-    if len(values) == 1:
-        return f"round 1: {values[0]:.{digits}f}"
-    return f"rounds: {min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
 def main() -> None:

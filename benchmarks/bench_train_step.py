@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.rounds import spread  # noqa: E402
 from research.pmg.config import ConfigError, PMGConfig, load_config  # noqa: E402
 
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
@@ -554,9 +555,7 @@ def report(records: list[dict], sizes: list[str], modes: list[str]) -> None:
             if (size, a) in medians and (size, b) in medians:
                 ratio = statistics.median(medians[(size, b)]) / statistics.median(medians[(size, a)])
                 rounds = [y / x for x, y in zip(medians[(size, a)], medians[(size, b)])]
-                spread = f"round 1: {rounds[0]:.2f}" if len(rounds) == 1 else \
-                    f"rounds: {min(rounds):.2f}-{max(rounds):.2f}"
-                parts.append(f"{a} / {b} = {ratio:.2f} [{spread}]")
+                parts.append(f"{a} / {b} = {ratio:.2f} [{spread(rounds)}]")
         if parts:
             print(f"  {size}: " + ";  ".join(parts))
     memory = [(size, above[(size, "ms-graph")] / above[(size, "pt-eager")]) for size in sizes
