@@ -636,7 +636,7 @@ def test_llama_cpu_compat_is_a_no_op_off_cpu(runtime, monkeypatch):
     monkeypatch.setattr(ms, "get_context",
                         lambda key: "Ascend" if key == "device_target" else real_get_context(key))
     assert mint_cpu.install_llama_cpu_compat() is False
-    assert mint_cpu.slice_causal_mask_cheaply(llama) is False
+    assert mint_cpu.slice_causal_mask_cheaply(llama.model.casual_mask) is False
     assert not isinstance(llama.model.casual_mask.slice, mint_cpu.SliceFromOrigin)
 
 

@@ -389,14 +389,12 @@ def install_llama_cpu_compat() -> bool:
     return True
 
 
-def slice_causal_mask_cheaply(llama) -> bool:
-    """Give a built MindFormers Llama's causal mask :class:`SliceFromOrigin` (the same values, a faster kernel).
-
-    Only a mask sliced to shorter inputs (``research.pmg.models.llama.accept_shorter_inputs``) slices at all. A no-op
-    off CPU and for a model without MindFormers' causal mask. Returns whether the mask was changed.
+def slice_causal_mask_cheaply(mask) -> bool:
+    """Give MindFormers' causal mask of a built Llama (``model.casual_mask``) :class:`SliceFromOrigin` (the same
+    values, a faster kernel). Only a mask sliced to shorter inputs (``research.pmg.models.llama.accept_shorter_inputs``)
+    slices at all. A no-op off CPU. Returns whether the mask was changed.
     """
-    mask = getattr(getattr(llama, "model", None), "casual_mask", None)
-    if ms.get_context("device_target") != "CPU" or mask is None:
+    if ms.get_context("device_target") != "CPU":
         return False
     mask.slice = SliceFromOrigin()
     return True

@@ -124,7 +124,7 @@ def accept_shorter_inputs(llama: nn.Cell) -> bool:
     mask = getattr(getattr(llama, "model", None), "casual_mask", None)
     if mask is not None:
         mask.is_pynative = True
-        slice_causal_mask_cheaply(llama)
+        slice_causal_mask_cheaply(mask)
     return mask is not None
 
 
