@@ -1,5 +1,6 @@
 """Test-wide set-up: one CPU runtime per session, a fixture that runs a test in both modes, and the module order
 that lets ``pytest -n 2 --dist loadfile`` (pytest-xdist) keep both cores busy to the end."""
+import os
 import time
 from pathlib import Path
 
@@ -48,6 +49,22 @@ def pytest_terminal_summary(terminalreporter):
         modules = ", ".join(f"{m} {s:.0f}" for m, s in worker["modules"].items())
         terminalreporter.write_line(f"{name}: busy {sum(worker['modules'].values()):.0f} s, last report at "
                                     f"{worker['finished']:.0f} s: {modules}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_only_children():
+    """Processes started with this process's environment (``bash scripts/run_train.sh``, check_ascend, msrun) get
+    the runtime stack only, as tests/subprocess_env.py gives the others. A fixture, not set at import: it runs in
+    the process that runs the tests, never in the pytest-xdist controller, whose workers keep the references."""
+    from tests.subprocess_env import RUNTIME_SITE
+
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(RUNTIME_SITE), before]))
+    yield
+    if before is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ from typing import Callable
 import pytest
 
 from tests.tiny_models import REPO
+from tests.subprocess_env import stage_env
 
 CONFIG = REPO / "configs" / "tiny_pipeline.yaml"
 STAGES = ("prepare", "keywords", "train", "generate", "evaluate", "report")
@@ -33,7 +34,7 @@ FAST = ("data.max_users=3", "keywords.max_new_tokens=8", "train.max_steps=4", "t
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return stage_env()
 
 
 def command(root: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:

@@ -7,7 +7,6 @@ in tests/test_mini_pmg.py, beside the main job it reuses.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from PIL import Image
 from research.pmg.api.request import FreeItem, RequestError, check_n, load_request, resolve
 from research.pmg.records.samples import Item
 from tests.bad_input_helpers import assert_one_error_line
+from tests.subprocess_env import stage_env
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "configs" / "mini" / "pmg.yaml"
@@ -92,7 +92,7 @@ def test_request_files(tmp_path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     """The command, run from the repository root (config paths are relative to where a command runs)."""
     return subprocess.run([sys.executable, "-m", "research.pmg.api", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=900)
+                          env=stage_env(), timeout=900)
 
 
 @pytest.mark.parametrize("args,message", [

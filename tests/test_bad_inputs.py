@@ -8,7 +8,6 @@ the last line on stderr and names the problem, and no Python traceback anywhere 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,8 @@ import pytest
 from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
 from tests.bad_input_helpers import assert_one_error_line
-from tests.tiny_models import REPO, TINY_CONFIG
+from tests.tiny_models import TINY_CONFIG
+from tests.subprocess_env import stage_env
 
 PREPARE, KEYWORDS, TRAIN, GENERATE, EVALUATE, CONVERT, PIPELINE = (
     "research.pmg.data.prepare", "research.pmg.keywords", "research.pmg.train", "research.pmg.generate",
@@ -158,7 +158,7 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(world) -> dict[str, subprocess.CompletedProcess]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = stage_env()
 
     def one(case):
         name, module, argv, _ = case

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from research.pmg.config import (MAX_BASE_CHAIN, MAX_CONFIG_BYTES, MAX_DEPTH, MA
 from research.pmg.errors import MAX_MESSAGE_CHARS, error_line, short_repr
 from tests.bad_input_helpers import MAX_OUTPUT, assert_one_error_line
 from tests.tiny_models import REPO, TINY_CONFIG
+from tests.subprocess_env import stage_env
 
 PREPARE, TRAIN, GENERATE, EVALUATE, PIPELINE = (
     "research.pmg.data.prepare", "research.pmg.train", "research.pmg.generate", "research.pmg.evaluate",
@@ -173,7 +173,7 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(world) -> dict[str, subprocess.CompletedProcess]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = stage_env()
 
     def one(case):
         name, module, argv, _ = case
@@ -443,7 +443,7 @@ def test_fuzzed_configs_on_the_command_line(fuzz_dir, data, items):
     argv = ["--config", "fuzzed.yaml", *[a for item in items for a in ("--set", item)],
             "--set", f"runtime.output_dir={out}", "--set", "runtime.log_dir=", "--set", "runtime.cache_dir=",
             "--set", f"data.out={out / 'data'}"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = stage_env()
     proc = subprocess.run([sys.executable, "-m", TRAIN, *argv], cwd=work, env=env, capture_output=True, text=True,
                           errors="replace", timeout=10 * SECONDS)  # a failure bound only
     if proc.returncode != 0:

@@ -37,6 +37,7 @@ from research.pmg.images import load_fitted, load_rgb
 from research.pmg.scenarios import scenario
 from tests.bad_input_helpers import assert_one_error_line
 from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
+from tests.subprocess_env import stage_env
 
 TITLE = "<b>x</b> | y"  # markup and a table pipe, in a title, an id, a keyword, a path
 MINI_CLIP = REPO / "research" / "pmg" / "assets" / "mini" / "clip"
@@ -271,7 +272,7 @@ def _cases(w: Path) -> dict[str, tuple[str, list[str]]]:
 
 @pytest.fixture(scope="module")
 def results(world) -> dict[str, subprocess.CompletedProcess]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = stage_env()
 
     def one(item):
         name, (module, argv) = item

@@ -5,6 +5,7 @@ import pytest
 
 from research.pmg.cli import USER_ERROR_EXIT, add_config_args, config_from_args, run
 from tests.tiny_models import TINY_CONFIG
+from tests.subprocess_env import stage_env
 
 
 def _main(argv):
@@ -40,13 +41,11 @@ def test_bugs_are_not_swallowed():
 def test_the_launchers_put_msrun_logs_in_the_config_s_log_folder(tmp_path):
     """scripts/lib.sh ``pmg_log_dir``: msrun's worker logs go where the runtime logs (research/pmg/layout.py), for
     the config and --set items the launcher passes on; LOG_DIR wins; a bad config is one error line, exit 2."""
-    import os
     import subprocess
-    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = stage_env()
     env.pop("LOG_DIR", None)
 
     def log_dir(*args: str, **extra: str) -> subprocess.CompletedProcess:

@@ -27,6 +27,7 @@ from PIL import Image
 from research.pmg.api import PMG, RequestError
 from research.pmg.errors import error_line
 from research.pmg.images import load_rgb
+from tests.subprocess_env import stage_env
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = "configs/mini/pmg.yaml"
@@ -302,7 +303,7 @@ def test_the_page_in_headless_chromium(demo, browser, answered):
 def test_the_command_serves_the_page_and_stops_on_ctrl_c(demo, tmp_path):
     """``python -m research.pmg.demo --port 0`` names its address, serves the page and the world, and ends with
     exit code 0 on Ctrl-C; a taken port or a bad flag is one ``error:`` line and exit code 2."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = stage_env()
     command = [sys.executable, "-m", "research.pmg.demo", "--set", f"runtime.output_dir={tmp_path / 'out'}"]
     port = demo.server_address[1]
     taken = subprocess.run([*command, "--port", str(port)], cwd=REPO, env=env, capture_output=True, text=True,

@@ -6,7 +6,6 @@ every method. Keywords come from the sample's metadata (standing in for the LLM 
 """
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.evaluate.methods import MANIFEST, plan_methods, read_images
 from research.pmg.layout import Layout
 from tests.tiny_models import REPO, TINY_CONFIG
+from tests.subprocess_env import stage_env
 
 METHODS = ["no_personalization", "keywords_only", "soft_only", "pmg"]
 # The paper's baselines as configured in research/pmg/evaluate/README.md (kept in step with it by this test).
@@ -55,7 +55,7 @@ evaluate:
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return stage_env()
 
 
 def _stage(stage: str, config: Path, *args: str) -> str:

@@ -12,6 +12,7 @@ from research.pmg.runtime import set_execution_mode
 from research.pmg.train import dataset as ds
 from research.pmg.train.step import learning_rates
 from tests.tiny_models import tiny_config
+from tests.subprocess_env import stage_env
 
 
 def test_learning_rate_warmup_then_cosine():
@@ -350,7 +351,6 @@ def data_parallel_runs(tmp_path_factory, prepared):
     sample each (one msrun launch: its start-up is slow). Returns the folder, both runs' logs and the gradients
     each worker recorded at the start (GRADIENT_RECORDER)."""
     import json
-    import os
     import shutil
     import subprocess
     import sys
@@ -373,7 +373,7 @@ def data_parallel_runs(tmp_path_factory, prepared):
               "--set", f"data.out={prepared.root}", "--set", f"train.keywords={keywords}", "--set", "train.max_steps=3",
               "--set", "train.warmup_steps=1", "--set", "train.lr=1e-2", "--set", "train.save_every=0",
               "--set", "train.eval_every=0"]
-    env = dict(os.environ, PYTHONPATH=str(repo), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = stage_env()
     single = subprocess.run([sys.executable, *common, "--set", f"runtime.output_dir={tmp_path / 'single'}",
                              "--set", "train.batch_size=2"], env=env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=900)
