@@ -67,6 +67,8 @@ def test_mini_configs_load_and_reject_bad_fields(tmp_path):
         load_mini_config(MiniSDConfig, SD_YAML, ["unet.in_channels=3"])
     with pytest.raises(ConfigError, match="cond_dropout"):
         load_mini_config(MiniSDConfig, SD_YAML, ["unet_train.cond_dropout=1.5"])
+    with pytest.raises(ConfigError, match="holdout_every: must be 0 or >= 2"):
+        load_mini_config(MiniSDConfig, SD_YAML, ["vae_train.holdout_every=1"])
 
 
 def test_sticker_images_are_the_catalogue_read_like_evaluation():
@@ -224,12 +226,20 @@ def test_clip_trainer_resumes_exactly_and_exports(tiny_clip_run):
     assert parts.image_size == 32 and len(parts.tokenizer) == 1000
 
 
-def test_sd_trainer_resumes_exactly_exports_and_evaluates(tiny_clip_run, runtime, tmp_path):
+def test_sd_trainer_resumes_exactly_exports_and_evaluates(tiny_clip_run, runtime, tmp_path, monkeypatch):
     from research.pmg.mini.manifest import read_manifest
+    from research.pmg.mini.images import load_sticker_images
     from research.pmg.mini.sd_train import train_sd
+    from research.pmg.train import dataset
 
+    drawn_from = []  # the number of rows each batch is drawn from: the VAE's exclude its held-out stickers
+    original = dataset.batch_indices
+    monkeypatch.setattr(dataset, "batch_indices", lambda n, *args: drawn_from.append(n) or original(n, *args))
     clip_cfg, _, _ = tiny_clip_run
-    cfg = load_mini_config(MiniSDConfig, SD_YAML, TINY_SD + [f"clip={clip_cfg.export}", f"export={tmp_path / 'sd'}"])
+    cfg = load_mini_config(MiniSDConfig, SD_YAML, TINY_SD + [f"clip={clip_cfg.export}", f"export={tmp_path / 'sd'}",
+                                                           "vae_train.holdout_every=3"])
+    stickers = len(load_sticker_images(32, ["cats", "hearts"]))
+    held_out = len(range(0, stickers, 3))
     rt = dataclasses.replace(runtime, output_dir=tmp_path / "run")
     first = train_sd(cfg, rt, resume=False, export=False, progress=False)
     assert first["vae"]["steps"] == first["unet"]["steps"] == 2
@@ -241,7 +251,10 @@ def test_sd_trainer_resumes_exactly_exports_and_evaluates(tiny_clip_run, runtime
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (export / sub).is_dir()
     manifest = read_manifest(export)
-    assert manifest["kind"] == "stable-diffusion" and manifest["metrics"]["vae"]["scaling_factor"] > 0
+    vae = manifest["metrics"]["vae"]
+    assert manifest["kind"] == "stable-diffusion" and vae["scaling_factor"] > 0
+    assert vae["held_out_stickers"] == held_out and 0 < vae["recon_psnr_held_out_db"] < 60
+    assert set(drawn_from) == {stickers - held_out, stickers}  # VAE batches, UNet batches
     ev = metrics["eval"]["generated_vs_eval_captions"]
     assert ev["num_images"] == ev["num_captions"] == 4 and 0.0 <= ev["top1"] <= 1.0
     assert (export / "samples.png").is_file()

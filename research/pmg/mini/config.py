@@ -119,10 +119,14 @@ class MiniClipConfig:
 @dataclass
 class VaeTrainConfig(OptimConfig):
     kl_weight: float = 1e-6  # weight of the KL term next to the MSE reconstruction loss
+    # Every n-th sticker (catalogue order) is kept out of the VAE's training, so that its reconstruction PSNR is
+    # measured on stickers it never saw (the UNet still trains on all of them); 0 trains on every sticker.
+    holdout_every: int = 0
 
     def validate(self, where: str) -> None:
         super().validate(where)
         check(self.kl_weight >= 0, where, "kl_weight", "must be >= 0")
+        check(self.holdout_every == 0 or self.holdout_every >= 2, where, "holdout_every", "must be 0 or >= 2")
 
 
 @dataclass

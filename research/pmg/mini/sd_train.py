@@ -132,6 +132,19 @@ def vae_decode(vae, latents: np.ndarray, batch: int = 64) -> np.ndarray:
                            for i in range(0, len(latents), batch)])
 
 
+def vae_held_out(n: int, every: int) -> np.ndarray:
+    """``(n,)`` bool: the stickers kept out of the VAE's training (every ``every``-th; none for 0)."""
+    index = np.arange(n)
+    return index % every == 0 if every else np.zeros(n, bool)
+
+
+def psnr_db(recon: np.ndarray, pixels: np.ndarray) -> float:
+    """PSNR of reconstructions of ``pixels`` (both (n, 3, s, s) in [-1, 1]; reconstructions clipped), in dB on
+    [0, 1] images."""
+    mse = float(np.mean((np.clip(recon, -1, 1) - pixels) ** 2) / 4.0)
+    return round(float(10 * np.log10(1.0 / max(mse, 1e-12))), 2)
+
+
 def variant_texts(data, variant: str) -> list[str]:
     """One ``variant`` text (research.pmg.mini.sd_texts) per sticker of ``data``, in row order."""
     from research.pmg.records.samples import Item
@@ -290,8 +303,11 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
     vt = cfg.vae_train
     vae_step = build_step(vae_loss_cell(vae, vt.kl_weight), vt)
 
+    held_out = vae_held_out(len(data), vt.holdout_every)
+    vae_rows = np.flatnonzero(~held_out)
+
     def vae_batch(step: int):
-        rows = batch_indices(len(data), step, 0, 1, vt.batch_size, seed)
+        rows = vae_rows[batch_indices(len(vae_rows), step, 0, 1, vt.batch_size, seed)]
         eps = np.random.default_rng([seed, step, 11]).standard_normal((vt.batch_size, latent_channels, lat, lat))
         return ms.Tensor(pixels[rows]), ms.Tensor(eps.astype(np.float32))
 
@@ -306,9 +322,10 @@ def train_sd(cfg: MiniSDConfig, runtime, *, resume: bool, stop_after: dict | Non
     scaling = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling)
     recon = vae_decode(vae, means)
-    mse = float(np.mean((np.clip(recon, -1, 1) - pixels) ** 2) / 4.0)  # on [0, 1] images
-    vae_metrics = {**run_metrics(vae_run), "scaling_factor": scaling,
-                   "recon_psnr_db": round(float(10 * np.log10(1.0 / max(mse, 1e-12))), 2)}
+    vae_metrics = {**run_metrics(vae_run), "scaling_factor": scaling, "recon_psnr_db": psnr_db(recon, pixels)}
+    if held_out.any():
+        vae_metrics.update(held_out_stickers=int(held_out.sum()),
+                           recon_psnr_held_out_db=psnr_db(recon[held_out], pixels[held_out]))
 
     # 2. The UNet on the scaled latents. The frozen text encoder's caption hidden states are computed once
     # (row n is the empty caption, for classifier-free guidance).
@@ -413,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metrics = train_sd(cfg, runtime, resume=args.resume, export=not args.no_export, command=command)
     vae, unet = metrics["vae"], metrics["unet"]
+    held = (f" ({vae['recon_psnr_held_out_db']} dB on {vae['held_out_stickers']} held-out stickers)"
+            if "recon_psnr_held_out_db" in vae else "")
     print(f"VAE: {vae['steps']} steps, loss {vae['loss_first']:.4f} -> {vae['loss_last']:.4f}, reconstruction "
-          f"PSNR {vae['recon_psnr_db']} dB; UNet: {unet['steps']} steps, loss {unet['loss_first']:.4f} -> "
+          f"PSNR {vae['recon_psnr_db']} dB{held}; UNet: {unet['steps']} steps, loss {unet['loss_first']:.4f} -> "
           f"{unet['loss_last']:.4f}")
     if "eval" in metrics:
         ev = metrics["eval"]
