@@ -20,8 +20,8 @@ from typing import Callable
 
 import pytest
 
-from tests.tiny_models import REPO
 from tests.subprocess_env import stage_env
+from tests.tiny_models import REPO
 
 CONFIG = REPO / "configs" / "tiny_pipeline.yaml"
 STAGES = ("prepare", "keywords", "train", "generate", "evaluate", "report")
@@ -33,9 +33,6 @@ FAST = ("data.max_users=3", "keywords.max_new_tokens=8", "train.max_steps=4", "t
         "evaluate.bootstrap_samples=200", "evaluate.permutations=200")
 
 
-def env() -> dict[str, str]:
-    return stage_env()
-
 
 def command(root: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
     args = [sys.executable, "-m", "research.pmg.pipeline", "--config", str(CONFIG),
@@ -46,7 +43,7 @@ def command(root: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[st
 
 
 def run_pipeline(root: Path, *extra: str, overrides: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(command(root, *extra, overrides=overrides), cwd=root.parent, env=env(),
+    return subprocess.run(command(root, *extra, overrides=overrides), cwd=root.parent, env=stage_env(),
                           capture_output=True, text=True, timeout=1200, **kwargs)
 
 
@@ -96,7 +93,7 @@ def hold_env(holds: Path, point: str) -> dict[str, str]:
     """The environment that makes the process reaching ``point`` ("<stage>:<point>") wait there, marked in
     the new folder ``holds`` (research/pmg/testhooks.py)."""
     holds.mkdir()
-    return dict(env(), PMG_TEST_HOLD=point, PMG_TEST_HOLD_DIR=str(holds))
+    return dict(stage_env(), PMG_TEST_HOLD=point, PMG_TEST_HOLD_DIR=str(holds))
 
 
 def wait_for_hold(holds: Path, proc: subprocess.Popen, output: Callable[[], str], rank: str | None = None) -> Path:

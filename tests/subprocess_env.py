@@ -6,15 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.tiny_models import REPO
+
 RUNTIME_SITE = Path(__file__).resolve().parent / "runtime_site"
 
 
-def python_path(repo: Path = REPO) -> str:
-    return os.pathsep.join([str(repo), str(RUNTIME_SITE)])
-
-
-def stage_env(repo: Path = REPO, **extra: str) -> dict[str, str]:
-    """``os.environ`` with PYTHONPATH and PATH set for a stage process, plus ``extra``."""
-    return dict(os.environ, PYTHONPATH=python_path(repo), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                **extra)
+def stage_env() -> dict[str, str]:
+    """``os.environ`` with PYTHONPATH and PATH set for a stage process."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(RUNTIME_SITE)]),
+                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")

@@ -19,8 +19,8 @@ import pytest
 from research.pmg.config.data import DataConfig
 from research.pmg.data.prepare import prepare
 from tests.bad_input_helpers import assert_one_error_line
-from tests.tiny_models import TINY_CONFIG
 from tests.subprocess_env import stage_env
+from tests.tiny_models import TINY_CONFIG
 
 PREPARE, KEYWORDS, TRAIN, GENERATE, EVALUATE, CONVERT, PIPELINE = (
     "research.pmg.data.prepare", "research.pmg.keywords", "research.pmg.train", "research.pmg.generate",

@@ -33,8 +33,8 @@ from research.pmg.config import (MAX_BASE_CHAIN, MAX_CONFIG_BYTES, MAX_DEPTH, MA
                                  load_config)
 from research.pmg.errors import MAX_MESSAGE_CHARS, error_line, short_repr
 from tests.bad_input_helpers import MAX_OUTPUT, assert_one_error_line
-from tests.tiny_models import REPO, TINY_CONFIG
 from tests.subprocess_env import stage_env
+from tests.tiny_models import REPO, TINY_CONFIG
 
 PREPARE, TRAIN, GENERATE, EVALUATE, PIPELINE = (
     "research.pmg.data.prepare", "research.pmg.train", "research.pmg.generate", "research.pmg.evaluate",

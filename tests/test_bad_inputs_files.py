@@ -36,8 +36,8 @@ from research.pmg.errors import PMGError
 from research.pmg.images import load_fitted, load_rgb
 from research.pmg.scenarios import scenario
 from tests.bad_input_helpers import assert_one_error_line
-from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
 from tests.subprocess_env import stage_env
+from tests.tiny_models import REPO, TINY_CONFIG, tiny_config
 
 TITLE = "<b>x</b> | y"  # markup and a table pipe, in a title, an id, a keyword, a path
 MINI_CLIP = REPO / "research" / "pmg" / "assets" / "mini" / "clip"

@@ -24,7 +24,8 @@ import pytest
 
 from research.pmg import ownership
 from tests.bad_input_helpers import assert_one_error_line
-from tests.pipeline_helpers import CONFIG, copy_reference, env, hold_env, run_pipeline, stamps, wait_for_hold
+from tests.pipeline_helpers import CONFIG, copy_reference, hold_env, run_pipeline, stamps, wait_for_hold
+from tests.subprocess_env import stage_env
 
 PREPARE, KEYWORDS, TRAIN, GENERATE, EVALUATE = ("research.pmg.data.prepare", "research.pmg.keywords",
                                                 "research.pmg.train", "research.pmg.generate",
@@ -39,7 +40,7 @@ def reference(pipeline_reference):
 
 
 def cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=stage_env(), capture_output=True, text=True,
                           timeout=600)
 
 
@@ -288,7 +289,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from research.pmg import ownership\n"
                                f"with ownership.claim(Path({str(folder)!r}), 'generate'):\n"
                                "    print('held', flush=True); time.sleep(600)"],
-        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=stage_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ownership.InUseError, match=f"in use by another run \\(pid {holder.pid}\\)"):

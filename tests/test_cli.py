@@ -4,8 +4,8 @@ import argparse
 import pytest
 
 from research.pmg.cli import USER_ERROR_EXIT, add_config_args, config_from_args, run
-from tests.tiny_models import TINY_CONFIG
 from tests.subprocess_env import stage_env
+from tests.tiny_models import TINY_CONFIG
 
 
 def _main(argv):

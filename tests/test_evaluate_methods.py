@@ -18,8 +18,8 @@ from research.pmg.config import load_config
 from research.pmg.config.evaluate import EvaluateConfig
 from research.pmg.evaluate.methods import MANIFEST, plan_methods, read_images
 from research.pmg.layout import Layout
-from tests.tiny_models import REPO, TINY_CONFIG
 from tests.subprocess_env import stage_env
+from tests.tiny_models import REPO, TINY_CONFIG
 
 METHODS = ["no_personalization", "keywords_only", "soft_only", "pmg"]
 # The paper's baselines as configured in research/pmg/evaluate/README.md (kept in step with it by this test).
@@ -54,13 +54,9 @@ evaluate:
 """
 
 
-def _env():
-    return stage_env()
-
-
 def _stage(stage: str, config: Path, *args: str) -> str:
     proc = subprocess.run([sys.executable, "-m", f"research.pmg.{stage}", "--config", str(config), "--no-progress",
-                           *args], env=_env(), cwd=config.parent, capture_output=True, text=True, timeout=1200)
+                           *args], env=stage_env(), cwd=config.parent, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"{stage} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from research.pmg.config import PMGConfig, load_config
-from tests.pipeline_helpers import env, stamps
+from tests.pipeline_helpers import stamps
+from tests.subprocess_env import stage_env
 from tests.tiny_models import REPO
 
 OFFICIAL = REPO / "configs" / "official_movie.yaml"
@@ -150,7 +151,7 @@ def stand_in_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("official")
     config = stand_in_file(folder)
     proc = subprocess.run([sys.executable, "-m", "research.pmg.pipeline", "--config", str(config)], cwd=folder,
-                          env=env(), capture_output=True, text=True, timeout=1800)
+                          env=stage_env(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return load_config(config), folder / "run"
 

@@ -11,8 +11,8 @@ from research.pmg.models.soft_preference import fit_to_bucket
 from research.pmg.runtime import set_execution_mode
 from research.pmg.train import dataset as ds
 from research.pmg.train.step import learning_rates
-from tests.tiny_models import tiny_config
 from tests.subprocess_env import stage_env
+from tests.tiny_models import tiny_config
 
 
 def test_learning_rate_warmup_then_cosine():
