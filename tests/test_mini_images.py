@@ -69,6 +69,8 @@ def test_mini_configs_load_and_reject_bad_fields(tmp_path):
         load_mini_config(MiniSDConfig, SD_YAML, ["unet_train.cond_dropout=1.5"])
     with pytest.raises(ConfigError, match="holdout_every: must be 0 or >= 2"):
         load_mini_config(MiniSDConfig, SD_YAML, ["vae_train.holdout_every=1"])
+    with pytest.raises(ConfigError, match="snr_gamma: must be >= 0"):
+        load_mini_config(MiniSDConfig, SD_YAML, ["unet_train.snr_gamma=-1"])
 
 
 def test_sticker_images_are_the_catalogue_read_like_evaluation():
@@ -163,6 +165,45 @@ def test_one_step_lowers_each_trainers_loss(pynative, runtime, tmp_path):
               ms.Tensor(rng.standard_normal((4, 4, 16, 16)).astype(np.float32)),
               ms.Tensor(np.array([10, 300, 600, 900], np.int32)))
     _lowers(unet_loss_cell(unet, alphas, "epsilon"), sd.unet_train, inputs)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_unet_loss_weights_timesteps_by_min_snr_as_diffusers(pynative, prediction_type, gamma):
+    """The mini SD's UNet loss against the weighting of diffusers' text-to-image script: per-sample MSE times
+    min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), SNR from diffusers' own ``compute_snr``, in PyTorch."""
+    import mindspore as ms
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+    from mindspore import nn
+
+    from research.pmg.mini.sd_train import unet_loss_cell
+
+    class StandIn(nn.Cell):  # a fixed, non-trivial prediction: the loss's weighting is what is under test
+        def construct(self, sample, timesteps, encoder_hidden_states):
+            return (0.5 * sample + encoder_hidden_states.mean() + timesteps.reshape(-1, 1, 1, 1) / 1000.0,)
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type)
+    rng = np.random.default_rng(0)
+    latents, noise = (rng.standard_normal((6, 4, 8, 8)).astype(np.float32) for _ in range(2))
+    context = rng.standard_normal((6, 5, 16)).astype(np.float32)
+    t = np.array([0, 3, 40, 300, 700, 999], np.int32)  # SNR from ~1e3 (clean) to ~2e-5: both sides of gamma
+    loss = unet_loss_cell(StandIn(), scheduler.alphas_cumprod.numpy(), prediction_type, gamma)(
+        *(ms.Tensor(x) for x in (latents, context, noise, t)))
+
+    tt = torch.from_numpy(t.astype(np.int64))
+    noisy = scheduler.add_noise(torch.from_numpy(latents), torch.from_numpy(noise), tt)
+    pred = 0.5 * noisy + float(context.mean()) + tt.reshape(-1, 1, 1, 1) / 1000.0
+    target = (scheduler.get_velocity(torch.from_numpy(latents), torch.from_numpy(noise), tt)
+              if prediction_type == "v_prediction" else torch.from_numpy(noise))
+    per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    if gamma:
+        snr = compute_snr(scheduler, tt)
+        clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+        per_sample = per_sample * clipped / (snr + 1 if prediction_type == "v_prediction" else snr)
+    np.testing.assert_allclose(float(loss.asnumpy()), float(per_sample.mean()), rtol=2e-5)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -135,10 +135,12 @@ class UnetTrainConfig(OptimConfig):
     # Which texts of a sticker the UNet is conditioned on, one drawn per row and step (research.pmg.mini.sd_texts):
     # its caption, and the target / theme keyword texts PMG's generation conditions on.
     texts: list[str] = field(default_factory=lambda: ["caption", "target", "theme"])
+    snr_gamma: float = 0.0  # min-SNR-gamma loss weighting (sd_train.unet_loss_cell); 0 = plain MSE
 
     def validate(self, where: str) -> None:
         super().validate(where)
         check(0.0 <= self.cond_dropout < 1.0, where, "cond_dropout", "must be in [0, 1)")
+        check(0.0 <= self.snr_gamma < 1e6, where, "snr_gamma", "must be >= 0 (0 = off)")
         from research.pmg.mini.sd_texts import VARIANTS
 
         check(bool(self.texts) and all(t in VARIANTS for t in self.texts) and len(set(self.texts)) == len(self.texts),
