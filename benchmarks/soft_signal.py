@@ -11,14 +11,15 @@ loss falls when the UNet is given more about the target than the target keywords
 - ``T+S``, ``T+P+S``: the trained soft embedding (``--train-dir``, weighted by ``train.soft_weight``), and the
   same with every sample given the soft embedding of *another user's* sample (``shuffled``): the gap between
   the two is what the soft embedding knows about its own user, the rest is a user-independent shift;
-- ``T+theme``: the target sticker's theme word (cats, food, ...), an oracle for what a user's taste can say;
-- ``T+caption``: the target sticker's own caption, an oracle upper bound (the SD was trained on captions);
+- ``T+theme``: the target item's category (a sticker's theme word: cats, food, ...), an oracle for what a user's
+  taste can say;
+- ``T+caption``: the target item's title (a sticker's own caption), an oracle upper bound (the mini SD was trained
+  on captions);
 - ``empty``: the empty prompt instead of T.
 
 Every context is scored on the same noise, timesteps and latent draws (``--draws`` per sample), so each row's
 difference to T is paired: mean and 95 % interval over samples (normal approximation of the per-sample mean
-differences), also per quarter of the timestep range. Needs the sticker world's ``stickers.jsonl`` (captions and
-themes): PMG-mini's scenarios only.
+differences), also per quarter of the timestep range. Titles and categories come from the run's prepared data.
 """
 from __future__ import annotations
 
@@ -87,11 +88,7 @@ def measure(args) -> dict:
         raise SystemExit(f"error: {args.splits}: only {len(rows)} samples, too few to compare")
     samples = {s.id: s for s in prepared.samples}
     chosen = [samples[arrays.sample_ids[r]] for r in rows]
-    stickers = {}
-    with open(Path(cfg.data.raw) / "stickers.jsonl", encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            stickers[rec["id"]] = rec
+    items = prepared.items
 
     sd = build_diffusion_parts(cfg, runtime, resolve_tokenizers(cfg, runtime))  # for its text encoder
 
@@ -113,10 +110,11 @@ def measure(args) -> dict:
         "T+S shuffled": np.concatenate([target, shuffled], 1),
         "T+P+S": np.concatenate([target, preference, soft], 1),
         "T+P+S shuffled": np.concatenate([target, preference, shuffled], 1),
-        "T+theme": np.concatenate([target, encode([stickers[s.target]["category"] for s in chosen])], 1),
-        "T+caption": np.concatenate([target, encode([stickers[s.target]["caption"] for s in chosen])], 1),
+        "T+theme": np.concatenate([target, encode([items[s.target].category for s in chosen])], 1),
+        "T+caption": np.concatenate([target, encode([items[s.target].title for s in chosen])], 1),
         "empty": encode([""] * len(rows)),
     }
+
     class PerSample(nn.Cell):  # the training loss's squared errors, one graph per context length
         def __init__(self, loss_net):
             super().__init__()
@@ -147,8 +145,8 @@ def measure(args) -> dict:
         "samples": len(rows), "draws": args.draws, "seconds": round(time.perf_counter() - start, 1),
         "soft_norm_per_token": float(np.linalg.norm(soft, axis=-1).mean()),
         "target_norm_per_token": float(np.linalg.norm(target, axis=-1).mean()),
-        "target_theme_is_history_majority": float(np.mean([majority_theme(s.history, stickers) ==
-                                                           stickers[s.target]["category"] for s in chosen]))})
+        "target_theme_is_history_majority": float(np.mean([majority_theme(s.history, items) ==
+                                                           items[s.target].category for s in chosen]))})
 
 
 def other_user(users: np.ndarray) -> np.ndarray:
@@ -166,8 +164,9 @@ def other_user(users: np.ndarray) -> np.ndarray:
     return out
 
 
-def majority_theme(history: list[str], stickers: dict) -> str:
-    themes = [stickers[h]["category"] for h in history]
+def majority_theme(history: list[str], items: dict) -> str:
+    """The most frequent category of the history's items (ties: the first by name)."""
+    themes = [items[h].category for h in history]
     return max(sorted(set(themes)), key=themes.count)
 
 

@@ -33,7 +33,6 @@ FAST = ("data.max_users=3", "keywords.max_new_tokens=8", "train.max_steps=4", "t
         "evaluate.bootstrap_samples=200", "evaluate.permutations=200")
 
 
-
 def command(root: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
     args = [sys.executable, "-m", "research.pmg.pipeline", "--config", str(CONFIG),
             "--set", f"runtime.output_dir={root}"]

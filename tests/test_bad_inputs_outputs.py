@@ -40,8 +40,8 @@ def reference(pipeline_reference):
 
 
 def cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=stage_env(), capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=stage_env(), capture_output=True,
+                          text=True, timeout=600)
 
 
 def configured(work: Path, *extra: str) -> list[str]:

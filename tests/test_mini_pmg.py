@@ -128,9 +128,9 @@ def test_main_job_personalizes_in_the_right_direction_without_a_significant_targ
     images are identical): measured LPIPS to history -0.0187 / -0.0149, CLIP to history +0.014 / +0.006, CLIP to
     target 0.291 -> 0.271 (-6.8 %) / 0.291 -> 0.255 (-12.3 %, paired difference [-0.139, +0.063]) on the stop-14
     CI machine / a Zen 4 (AVX-512) one with left-padded history prompts; with right-padded ones (2026-12-08, Intel
-    Xeon) -0.0213, +0.0004 and -9.8 % ([-0.142, +0.086]). At n = 59 the target's 10 % rule is inside the noise either way, so CI
-    asserts that PMG loses no significant accuracy; the rule itself, with power, is the opt-in held-out test's
-    (met there: -6.2 % on 339 samples, benchmarks/records/mini_400)."""
+    Xeon) -0.0213, +0.0004 and -9.8 % ([-0.142, +0.086]). At n = 59 the target's 10 % rule is inside the noise
+    either way, so CI asserts that PMG loses no significant accuracy; the rule itself, with power, is the opt-in
+    held-out test's (met there: -6.2 % on 339 samples, benchmarks/records/mini_400)."""
     summary = _evaluation(main_job)
     comparison = summary["comparisons"]["pmg"]
     assert comparison["lpips_history"]["diff"] < 0, comparison["lpips_history"]
@@ -141,8 +141,8 @@ def test_main_job_personalizes_in_the_right_direction_without_a_significant_targ
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="59 test samples are too few for CLIP to history (+0.0004 [-0.043, +0.050] on 2026-12-08, "
-                   "+0.014 and +0.006 with left-padded prompts); met on 339 held-out samples of new users by the opt-in "
-                   "test_held_out_users_personalize_significantly")
+                   "+0.014 and +0.006 with left-padded prompts); met on 339 held-out samples of new users by the "
+                   "opt-in test_held_out_users_personalize_significantly")
 def test_main_job_personalizes_significantly(main_job):
     checks = [v for v in verdicts(_evaluation(main_job)) if not v.what.startswith(ACCURACY)]
     assert all(v.passed for v in checks), [v.detail for v in checks]

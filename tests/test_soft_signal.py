@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.soft_signal import majority_theme, other_user, paired, summarise
+from research.pmg.records.samples import Item
 
 
 def test_each_sample_gets_the_soft_embedding_of_another_user():
@@ -20,10 +21,10 @@ def test_each_sample_gets_the_soft_embedding_of_another_user():
 
 
 def test_majority_theme_breaks_ties_by_name():
-    stickers = {"1": {"category": "food"}, "2": {"category": "cats"}, "3": {"category": "food"},
-                "4": {"category": "cats"}}
-    assert majority_theme(["1", "2", "3"], stickers) == "food"
-    assert majority_theme(["1", "2", "3", "4"], stickers) == "cats"
+    items = {i: Item(id=i, title=f"sticker {i}", category=c) for i, c in (("1", "food"), ("2", "cats"), ("3", "food"),
+                                                                       ("4", "cats"))}
+    assert majority_theme(["1", "2", "3"], items) == "food"
+    assert majority_theme(["1", "2", "3", "4"], items) == "cats"
 
 
 def test_paired_mean_and_interval():
