@@ -34,17 +34,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from research.pmg.cli import ArgumentParser, add_config_args, config_from_args, run  # noqa: E402
+from research.pmg.errors import PMGError  # noqa: E402
+from research.pmg.files import write_atomic  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 QUARTERS = ((0, 250), (250, 500), (500, 750), (750, 1000))
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(REPO / "configs" / "mini" / "pmg.yaml"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    """Bad input (config, flags, too few samples) ends as one ``error:`` line with exit code 2 (:func:`run`)."""
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(p, default_config=str(REPO / "configs" / "mini" / "pmg.yaml"))
     p.add_argument("--train-dir", help="training output (or checkpoint) with the soft preference "
                                        "(default: the config's <output_dir>/train)")
-    p.add_argument("--draws", type=int, default=16, help="noise/timestep draws per sample")
+    p.add_argument("--draws", type=positive, default=16, metavar="N", help="noise/timestep draws per sample")
     p.add_argument("--splits", default="valid,test")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
@@ -52,15 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(args)
     print(table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        write_atomic(args.json, json.dumps(result, indent=1))
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def measure(args) -> dict:
-    from research.pmg.config import load_config
     from research.pmg.layout import Layout
     from research.pmg.runtime import setup_runtime
 
-    cfg = load_config(args.config, args.set)
+    cfg = config_from_args(args)
     layout = Layout.of(cfg)
     runtime = setup_runtime(cfg.runtime)
 
@@ -85,7 +94,8 @@ def measure(args) -> dict:
     rows = np.concatenate([arrays.indices(s) for s in args.splits.split(",")])
     rows = rows[:len(rows) // batch * batch]  # whole batches: one compiled shape per context length
     if len(rows) < 2 * batch:
-        raise SystemExit(f"error: {args.splits}: only {len(rows)} samples, too few to compare")
+        raise PMGError(f"--splits {args.splits}: only {len(rows)} samples in whole batches of {batch}, too few "
+                       "to compare")
     samples = {s.id: s for s in prepared.samples}
     chosen = [samples[arrays.sample_ids[r]] for r in rows]
     items = prepared.items
@@ -141,7 +151,7 @@ def measure(args) -> dict:
                                  ms.Tensor(noise[part]), ms.Tensor(t[part]))
                 errors[name][draw, part] = err.asnumpy()
     return summarise(errors, timesteps, {
-        "config": args.config, "overrides": args.set, "checkpoint": str(checkpoint), "splits": args.splits,
+        "config": args.config, "overrides": args.overrides, "checkpoint": str(checkpoint), "splits": args.splits,
         "samples": len(rows), "draws": args.draws, "seconds": round(time.perf_counter() - start, 1),
         "soft_norm_per_token": float(np.linalg.norm(soft, axis=-1).mean()),
         "target_norm_per_token": float(np.linalg.norm(target, axis=-1).mean()),
@@ -160,7 +170,7 @@ def other_user(users: np.ndarray) -> np.ndarray:
                 out[row] = cand
                 break
         else:
-            raise SystemExit("error: every sample belongs to one user: nothing to shuffle")
+            raise PMGError("every sample belongs to one user: no other user's soft embedding to compare with")
     return out
 
 
@@ -213,4 +223,4 @@ def table(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -4,11 +4,18 @@ Its verdict on the soft preference rests on two things: every sample's "shuffled
 another user, and each context's difference to T is the mean of per-sample differences over the same draws
 (with its interval and, per timestep quarter, only the draws that fell there).
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from benchmarks.soft_signal import majority_theme, other_user, paired, summarise
+from research.pmg.errors import PMGError
 from research.pmg.records.samples import Item
+from tests.bad_input_helpers import assert_one_error_line
+from tests.subprocess_env import stage_env
+from tests.tiny_models import REPO
 
 
 def test_each_sample_gets_the_soft_embedding_of_another_user():
@@ -16,7 +23,7 @@ def test_each_sample_gets_the_soft_embedding_of_another_user():
     partner = other_user(users)
     assert all(users[partner[i]] != users[i] for i in range(len(users)))
     assert len(set(partner.tolist())) > 2  # not everybody gets the same stranger
-    with pytest.raises(SystemExit, match="one user"):
+    with pytest.raises(PMGError, match="one user"):
         other_user(np.array(["a", "a"]))
 
 
@@ -50,3 +57,14 @@ def test_differences_are_per_sample_means_over_the_same_draws_and_per_timestep_q
     assert rows["T+S"]["t750-1000"]["mean"] == pytest.approx(-0.4)
     assert rows["T+S"]["t500-750"]["mean"] == pytest.approx(-0.3)
     assert rows["T+P+S"]["vs_shuffled"]["mean"] == 0.0
+
+
+@pytest.mark.parametrize("args, named", [(["--config", "no/such.yaml"], "no/such.yaml"),
+                                         (["--set", "train.lrr=1"], "train.lrr"),
+                                         (["--draws", "0"], "--draws")])
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, args, named):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soft_signal.py"), *args, "--json", str(out)],
+                          env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert named in assert_one_error_line(proc)
+    assert not out.exists()
